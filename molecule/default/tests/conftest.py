@@ -1,0 +1,126 @@
+"""Fixtures for the whole-appliance scenario: the four lab hosts and small traffic helpers.
+
+Tests reach hosts through the Docker engine (testinfra's docker backend), never over the lab
+networks, and every connection they make runs between lab hosts.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+
+TOPOLOGY = Path(__file__).resolve().parents[3] / "lab" / "topology.yml"
+
+# A one-shot TCP listener: records the peer of the first connection, then drains it.
+LISTENER = """
+import socket, sys
+port, out = int(sys.argv[1]), sys.argv[2]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", port))
+s.listen(8)
+s.settimeout(60)
+c, peer = s.accept()
+with open(out, "w") as f:
+    f.write("%s:%d\\n" % peer)
+c.settimeout(60)
+while c.recv(4096):
+    pass
+"""
+
+# A TCP client that connects, says hello, holds the connection open, then closes it.
+CLIENT = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"hello from the inside\\n")
+time.sleep(float(sys.argv[3]))
+s.close()
+"""
+
+
+@dataclass
+class LabHost:
+    name: str
+    address: str
+    host: testinfra.host.Host
+
+    def run(self, command: str) -> testinfra.backend.base.CommandResult:
+        return self.host.run(command)
+
+    def check(self, command: str) -> str:
+        result = self.host.run(command)
+        assert result.rc == 0, f"{self.name}: {command!r} failed ({result.rc}): {result.stderr}"
+        return result.stdout
+
+    def wait_output(self, command: str, timeout: float = 15.0) -> str:
+        """Run a command until it prints something; return what it printed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.host.run(command).stdout.strip()
+            if out:
+                return out
+            time.sleep(0.2)
+        raise AssertionError(f"{self.name}: {command!r} printed nothing for {timeout:.0f} s")
+
+    def background(self, script: str, *args: str) -> str:
+        """Run a Python snippet as a transient systemd unit, so it outlives this call."""
+        unit = f"nt-test-{uuid.uuid4().hex[:8]}"
+        argv = " ".join(shlex.quote(a) for a in args)
+        self.check(f"systemd-run --quiet --collect --unit={unit} python3 -c {shlex.quote(script)} {argv}")
+        return unit
+
+
+@pytest.fixture(scope="session")
+def lab() -> dict[str, LabHost]:
+    topology = yaml.safe_load(TOPOLOGY.read_text())
+    prefix = topology["lab_container_prefix"]
+    hosts = {}
+    for spec in topology["lab_hosts"]:
+        host = testinfra.get_host(f"docker://{prefix}{spec['name']}")
+        hosts[spec["name"]] = LabHost(spec["name"], spec["networks"][0]["ipv4_address"], host)
+    return hosts
+
+
+@pytest.fixture
+def listen(lab: dict[str, LabHost]) -> Iterator[Callable[[str, int], Callable[[], str]]]:
+    """Start a one-shot listener on a lab host; returns a function that reads the peer it saw."""
+    units: list[tuple[LabHost, str]] = []
+
+    def start(host_name: str, port: int) -> Callable[[], str]:
+        host = lab[host_name]
+        out = f"/run/nt-test-peer-{port}-{uuid.uuid4().hex[:6]}"
+        units.append((host, host.background(LISTENER, str(port), out)))
+        host.wait_output(f"ss -Hltn 'sport = :{port}'")
+
+        def peer() -> str:
+            return host.wait_output(f"cat {out}")
+
+        return peer
+
+    yield start
+    for host, unit in units:
+        host.run(f"systemctl stop {unit}")
+
+
+@pytest.fixture
+def connect(lab: dict[str, LabHost]) -> Iterator[Callable[[str, str, int, float], str]]:
+    """Open a TCP connection from a lab host in the background and hold it open."""
+    units: list[tuple[LabHost, str]] = []
+
+    def start(host_name: str, address: str, port: int, hold: float = 0.0) -> str:
+        host = lab[host_name]
+        unit = host.background(CLIENT, address, str(port), str(hold))
+        units.append((host, unit))
+        return unit
+
+    yield start
+    for host, unit in units:
+        host.run(f"systemctl stop {unit}")

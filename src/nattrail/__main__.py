@@ -1,0 +1,3 @@
+from nattrail.cli import main
+
+raise SystemExit(main())
