@@ -66,17 +66,20 @@ demo: lab-up
 lint: venv
 	yamllint .
 	ansible-lint
+	ansible-playbook --syntax-check -i inventory/example site.yml
 	ruff check .
 	ruff format --check .
 
-unit: venv
-	pytest
+unit: venv | $(STATE)
+	pytest --junitxml=$(STATE)/junit-unit.xml
 
 molecule: venv image
 	@echo "molecule: the scenario uses the lab's names and addresses, so it replaces a demo lab that is up"
-	cd $(CURDIR) && molecule test -s default
+	rm -f $(STATE)/junit-molecule.xml
+	molecule test -s default
 
 test: lint unit molecule
+	lab/test-summary.py $(STATE)/junit-unit.xml $(STATE)/junit-molecule.xml
 
 clean: lab-down
 	rm -rf $(VENV) $(STATE)
