@@ -1,0 +1,125 @@
+"""Shared helpers for the nat_router filter and template tests."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import jinja2
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "roles" / "nat_router" / "templates" / "ruleset.nft.j2"
+
+
+def make_facts(
+    interfaces: dict[str, str | None] | None = None,
+    default: str | None = "eth0",
+    hostname: str = "router",
+    secondaries: dict[str, list[str]] | None = None,
+) -> dict[str, object]:
+    """ansible_facts as the setup module reports them; interfaces maps a name to "address/prefix" or None."""
+    if interfaces is None:
+        interfaces = {"lo": "127.0.0.1/8", "eth0": "203.0.113.2/24", "eth1": "10.77.0.2/24"}
+    facts: dict[str, object] = {"hostname": hostname, "interfaces": list(interfaces)}
+    for name, address in interfaces.items():
+        ifacts: dict[str, object] = {"device": name, "active": True}
+        if address:
+            ifacts["ipv4"] = _ipv4_record(address)
+        if secondaries and name in secondaries:
+            ifacts["ipv4_secondaries"] = [_ipv4_record(a) for a in secondaries[name]]
+        # The setup module names per-interface facts with "-" turned into "_".
+        facts[name.replace("-", "_")] = ifacts
+    if default:
+        address = interfaces.get(default)
+        facts["default_ipv4"] = {
+            "interface": default,
+            "address": address.split("/")[0] if address else "",
+            "gateway": "203.0.113.1",
+        }
+    else:
+        facts["default_ipv4"] = {}
+    return facts
+
+
+def _ipv4_record(cidr: str) -> dict[str, str]:
+    import netaddr  # noqa: PLC0415 - keeps the module import cheap for tests that never build facts
+
+    net = netaddr.IPNetwork(cidr)
+    return {
+        "address": str(net.ip),
+        "netmask": str(net.netmask),
+        "network": str(net.network),
+        "broadcast": str(net.broadcast or net.ip),
+        "prefix": str(net.prefixlen),
+    }
+
+
+def render_jinja(rules: dict[str, object]) -> str:
+    """Render like the template module does: trim_blocks on, lstrip_blocks off, undefined is an error."""
+    env = jinja2.Environment(
+        trim_blocks=True,
+        lstrip_blocks=False,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 - the output is an nftables file, not HTML
+    )
+    return env.from_string(TEMPLATE.read_text()).render(nat_router_rules=rules)
+
+
+def render_ansible(rules: dict[str, object]) -> str:
+    """Render through ansible-core's Templar with the template action's overrides."""
+    from ansible.parsing.dataloader import DataLoader  # noqa: PLC0415
+    from ansible.template import Templar, trust_as_template  # noqa: PLC0415
+
+    templar = Templar(loader=DataLoader(), variables={"nat_router_rules": rules})
+    text = trust_as_template(TEMPLATE.read_text())
+    return templar.template(
+        text, escape_backslashes=False, overrides={"trim_blocks": True, "lstrip_blocks": False}
+    )
+
+
+@functools.cache
+def _nft_problem() -> str | None:
+    """Why `nft -c` cannot be used here, or None when it works."""
+    if shutil.which("nft") is None:
+        return "the nft binary is missing (apt-get install nftables)"
+    probe = "table inet nattrail_probe {\n  chain c {\n    type filter hook input priority 0;\n  }\n}\n"
+    with tempfile.NamedTemporaryFile("w", suffix=".nft") as handle:
+        handle.write(probe)
+        handle.flush()
+        result = subprocess.run(["nft", "-c", "-f", handle.name], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return f"nft -c cannot check rulesets here (needs root / CAP_NET_ADMIN): {result.stderr.strip()}"
+    return None
+
+
+def nft_check(text: str) -> subprocess.CompletedProcess[str]:
+    """`nft -c -f` the text: checks everything, kernel included, and changes nothing."""
+    problem = _nft_problem()
+    if problem:
+        pytest.skip(f"!!! RULESET NOT CHECKED BY NFT: {problem} !!!")
+    with tempfile.NamedTemporaryFile("w", suffix=".nft") as handle:
+        handle.write(text)
+        handle.flush()
+        return subprocess.run(["nft", "-c", "-f", handle.name], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture
+def facts() -> dict[str, object]:
+    return make_facts()
+
+
+def check_nft_ok(text: str) -> None:
+    result = nft_check(text)
+    numbered = "\n".join(f"{i:4} {line}" for i, line in enumerate(text.splitlines(), 1))
+    assert result.returncode == 0, f"nft -c failed:\n{result.stderr}\n{numbered}"
+
+
+@pytest.fixture
+def assert_nft_ok() -> Callable[[str], None]:
+    return check_nft_ok
