@@ -59,6 +59,10 @@ def _ipv4_record(cidr: str) -> dict[str, str]:
     }
 
 
+# The role's carry-over include; a glob that matches nothing is allowed by nft.
+CARRY_INCLUDE = str(Path(tempfile.gettempdir()) / "nattrail-unit-no-carry" / "*.nft")
+
+
 def render_jinja(rules: dict[str, object]) -> str:
     """Render like the template module does: trim_blocks on, lstrip_blocks off, undefined is an error."""
     env = jinja2.Environment(
@@ -68,7 +72,9 @@ def render_jinja(rules: dict[str, object]) -> str:
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # noqa: S701 - the output is an nftables file, not HTML
     )
-    return env.from_string(TEMPLATE.read_text()).render(nat_router_rules=rules)
+    return env.from_string(TEMPLATE.read_text()).render(
+        nat_router_rules=rules, nat_router_carry_include=CARRY_INCLUDE
+    )
 
 
 def render_ansible(rules: dict[str, object]) -> str:
@@ -76,7 +82,9 @@ def render_ansible(rules: dict[str, object]) -> str:
     from ansible.parsing.dataloader import DataLoader  # noqa: PLC0415
     from ansible.template import Templar, trust_as_template  # noqa: PLC0415
 
-    templar = Templar(loader=DataLoader(), variables={"nat_router_rules": rules})
+    templar = Templar(
+        loader=DataLoader(), variables={"nat_router_rules": rules, "nat_router_carry_include": CARRY_INCLUDE}
+    )
     text = trust_as_template(TEMPLATE.read_text())
     return templar.template(
         text, escape_backslashes=False, overrides={"trim_blocks": True, "lstrip_blocks": False}

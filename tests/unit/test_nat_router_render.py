@@ -8,7 +8,7 @@ from collections.abc import Callable
 import nat_router
 import netaddr
 import pytest
-from conftest import TEMPLATE, check_nft_ok, make_facts, render_ansible, render_jinja
+from conftest import CARRY_INCLUDE, TEMPLATE, check_nft_ok, make_facts, render_ansible, render_jinja
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nat_router import nat_router_rules
@@ -54,8 +54,14 @@ def test_header_and_atomic_replacement_idiom() -> None:
     text = render({})
     assert text.startswith("# Managed by Ansible (nattrail nat_router); edits are overwritten")
     lines = rule_lines(text)
-    # Declare (so delete cannot fail), delete, define: one transaction, only our table touched.
-    assert lines[:3] == ["table inet nattrail {}", "delete table inet nattrail", "table inet nattrail {"]
+    # Declare (so delete cannot fail), delete, carried counters, define: one transaction, only our
+    # table touched.
+    assert lines[:4] == [
+        "table inet nattrail {}",
+        "delete table inet nattrail",
+        f'include "{CARRY_INCLUDE}"',
+        "table inet nattrail {",
+    ]
     assert "flush ruleset" not in text
     assert sum(line.startswith("table ") for line in lines) == 2
 

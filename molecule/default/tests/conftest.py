@@ -6,6 +6,7 @@ networks, and every connection they make runs between lab hosts.
 
 from __future__ import annotations
 
+import base64
 import shlex
 import time
 import uuid
@@ -124,3 +125,37 @@ def connect(lab: dict[str, LabHost]) -> Iterator[Callable[[str, str, int, float]
     yield start
     for host, unit in units:
         host.run(f"systemctl stop {unit}")
+
+
+@pytest.fixture
+def nflog(lab: dict[str, LabHost]) -> Iterator[Callable[[int], Callable[..., list]]]:
+    """Capture the router's NFLOG group; returns a function that stops and decodes the capture."""
+    from nflog import parse_pcap  # noqa: PLC0415 - sibling module of the tests
+
+    router = lab["router"]
+    units: list[str] = []
+
+    def start(group: int = 1) -> Callable[..., list]:
+        path = f"/run/nt-test-nflog-{uuid.uuid4().hex[:6]}.pcap"
+        unit = f"nt-test-nflog-{uuid.uuid4().hex[:6]}"
+        router.check(f"systemd-run --quiet --collect --unit={unit} tcpdump -i nflog:{group} -U -w {path}")
+        units.append(unit)
+        router.wait_output(f"test -s {path} && echo started")
+
+        def read() -> list:
+            return parse_pcap(base64.b64decode(router.check(f"base64 -w0 {path}")))
+
+        def stop(until: Callable[[object], bool], timeout: float = 10.0) -> list:
+            """Wait until a record satisfies ``until`` (the kernel batches NFLOG for up to a
+            second), stop the capture and return every record."""
+            deadline = time.monotonic() + timeout
+            while not any(until(p) for p in read()) and time.monotonic() < deadline:
+                time.sleep(0.3)
+            router.run(f"systemctl stop {unit}")
+            return read()
+
+        return stop
+
+    yield start
+    for unit in units:
+        router.run(f"systemctl stop {unit}")

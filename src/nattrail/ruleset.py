@@ -1,0 +1,218 @@
+"""`nattrail ruleset`: apply a candidate ruleset safely, confirm it, or roll it back.
+
+apply    checks the candidate (nft -c), carries the accounting counters over, loads it in one
+         transaction and, unless the timeout is 0, schedules a rollback to the confirmed ruleset;
+confirm  cancels the pending rollback and installs the candidate as the ruleset loaded at boot;
+rollback reloads the confirmed ruleset (what the scheduled timer runs);
+carry    writes the counters that the next load must start from (nftables.service runs it before
+         it flushes the ruleset at shutdown, so a reboot keeps the counts too).
+
+Counters survive a reload because the ruleset includes ``<state>/carry/*.nft`` between deleting
+and re-creating the table: the counter objects declared there, with their current values, are
+created first, and the ruleset's own declarations of the same counters then change nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from nattrail import accounting
+from nattrail.jsonlog import utc_timestamp
+
+ROLLBACK_UNIT = "nattrail-rollback"
+COUNTER_DECLARATION = re.compile(r"^\s*counter\s+([A-Za-z_][A-Za-z0-9_]*)\s*\{([^}]*)\}", re.MULTILINE)
+COMMENT = re.compile(r'comment\s+"([^"]*)"')
+NFT_TIMEOUT = 60
+
+
+class RulesetError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Paths:
+    candidate: Path
+    target: Path
+    state: Path
+    family: str
+    table: str
+
+    @property
+    def carry_file(self) -> Path:
+        return self.state / "carry" / "accounting.nft"
+
+    @property
+    def counters_json(self) -> Path:
+        return self.state / "accounting.json"
+
+    @property
+    def pending(self) -> Path:
+        return self.state / "pending.json"
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=NFT_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RulesetError(f"cannot run {' '.join(argv)}: {exc}") from None
+
+
+def nft_load(path: Path, check_only: bool = False) -> None:
+    argv = ["nft", "-c", "-f", str(path)] if check_only else ["nft", "-f", str(path)]
+    result = run(argv)
+    if result.returncode != 0:
+        raise RulesetError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+
+
+def declared_counters(ruleset: Path) -> dict[str, str | None]:
+    """The counter objects a ruleset declares, with their comments."""
+    found: dict[str, str | None] = {}
+    for name, body in COUNTER_DECLARATION.findall(ruleset.read_text(encoding="utf-8")):
+        comment = COMMENT.search(body)
+        found[name] = comment.group(1) if comment else None
+    return found
+
+
+def carry_text(
+    counters: dict[str, accounting.Counter], family: str, table: str, keep: dict[str, str | None]
+) -> str:
+    """nft statements that create the kept counters with their current values.
+
+    The comment comes from the new ruleset: the carried declaration is the one that counts, so it
+    must say what the new ruleset says.
+    """
+    lines = [
+        f"# Written by nattrail ruleset at {utc_timestamp()}: counters carried over a reload.",
+        f"table {family} {table} {{",
+    ]
+    for name in sorted(set(counters) & set(keep)):
+        c = counters[name]
+        comment = f' comment "{keep[name]}"' if keep[name] is not None else ""
+        lines.append(f"  counter {name} {{ packets {c.packets} bytes {c.bytes}{comment} }}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def carry(paths: Paths, keep_from: Path) -> int:
+    """Save the live counters that ``keep_from`` declares; returns how many were saved."""
+    try:
+        counters = accounting.read_counters(paths.family, paths.table)
+    except accounting.TableMissing:
+        return 0
+    except accounting.AccountingError as exc:
+        raise RulesetError(str(exc)) from None
+    paths.carry_file.parent.mkdir(parents=True, exist_ok=True)
+    keep = declared_counters(keep_from)
+    accounting.write_atomic(paths.carry_file, carry_text(counters, paths.family, paths.table, keep))
+    document = accounting.saved_json(counters, f"{paths.family} {paths.table}", utc_timestamp())
+    accounting.write_atomic(paths.counters_json, json.dumps(document, indent=2) + "\n")
+    return len(set(counters) & set(keep))
+
+
+def schedule_rollback(paths: Paths, seconds: int) -> None:
+    run(["systemctl", "stop", f"{ROLLBACK_UNIT}.timer", f"{ROLLBACK_UNIT}.service"])
+    run(["systemctl", "reset-failed", f"{ROLLBACK_UNIT}.timer", f"{ROLLBACK_UNIT}.service"])
+    argv = [
+        "systemd-run",
+        f"--unit={ROLLBACK_UNIT}",
+        f"--on-active={seconds}s",
+        "--timer-property=AccuracySec=1s",
+        sys.executable,
+        "-m",
+        "nattrail",
+        "ruleset",
+        "rollback",
+        "--target",
+        str(paths.target),
+        "--state-dir",
+        str(paths.state),
+        "--family",
+        paths.family,
+        "--table",
+        paths.table,
+    ]
+    result = run(argv)
+    if result.returncode != 0:
+        raise RulesetError(f"could not schedule the rollback: {result.stderr.strip()}")
+
+
+def rollback_pending() -> bool:
+    return run(["systemctl", "is-active", "--quiet", f"{ROLLBACK_UNIT}.timer"]).returncode == 0
+
+
+def apply(paths: Paths, confirm_timeout: int) -> dict[str, object]:
+    nft_load(paths.candidate, check_only=True)
+    carried = carry(paths, paths.candidate)
+    if confirm_timeout > 0 and not paths.target.exists():
+        raise RulesetError(f"{paths.target} does not exist: there would be nothing to roll back to")
+    nft_load(paths.candidate)
+    record: dict[str, object] = {"event": "applied", "at": utc_timestamp(), "counters_carried": carried}
+    if confirm_timeout > 0:
+        schedule_rollback(paths, confirm_timeout)
+        record["rollback_in_s"] = confirm_timeout
+        accounting.write_atomic(paths.pending, json.dumps(record) + "\n")
+    else:
+        install(paths)
+    return record
+
+
+def install(paths: Paths) -> None:
+    temp = paths.target.with_name(paths.target.name + ".nattrail-new")
+    shutil.copyfile(paths.candidate, temp)
+    temp.chmod(0o644)
+    temp.replace(paths.target)
+
+
+def confirm(paths: Paths) -> dict[str, object]:
+    if not rollback_pending():
+        raise RulesetError("nothing to confirm: no rollback is pending (it may already have run)")
+    result = run(["systemctl", "stop", f"{ROLLBACK_UNIT}.timer"])
+    if result.returncode != 0:
+        raise RulesetError(f"could not cancel the rollback: {result.stderr.strip()}")
+    install(paths)
+    paths.pending.unlink(missing_ok=True)
+    return {"event": "confirmed", "at": utc_timestamp(), "installed": str(paths.target)}
+
+
+def rollback(paths: Paths) -> dict[str, object]:
+    carry(paths, paths.target)
+    nft_load(paths.target)
+    paths.pending.unlink(missing_ok=True)
+    return {"event": "rolled_back", "at": utc_timestamp(), "loaded": str(paths.target)}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("ruleset", help="apply, confirm or roll back the router's ruleset")
+    parser.add_argument("action", choices=["apply", "confirm", "rollback", "carry"])
+    parser.add_argument("--candidate", type=Path, default=Path("/etc/nftables.conf.candidate"))
+    parser.add_argument("--target", type=Path, default=Path("/etc/nftables.conf"))
+    parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/nattrail"))
+    parser.add_argument("--family", default="inet")
+    parser.add_argument("--table", default="nattrail")
+    parser.add_argument("--confirm-timeout", type=int, default=60, help="seconds; 0 applies without rollback")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    paths = Paths(args.candidate, args.target, args.state_dir, args.family, args.table)
+    try:
+        if args.action == "apply":
+            record = apply(paths, args.confirm_timeout)
+        elif args.action == "confirm":
+            record = confirm(paths)
+        elif args.action == "rollback":
+            record = rollback(paths)
+        else:
+            record = {"event": "carried", "at": utc_timestamp(), "counters": carry(paths, paths.target)}
+    except (RulesetError, OSError) as exc:
+        print(json.dumps({"event": "error", "action": args.action, "error": str(exc)}), file=sys.stderr)
+        return 1
+    print(json.dumps(record))
+    return 0

@@ -1,0 +1,109 @@
+"""The shared JSON-lines logger: record shape, timestamps, files, reopen after rotation."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import stat
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from nattrail.jsonlog import JsonLog, utc_timestamp
+
+TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_timestamp_is_utc_with_microseconds_and_z() -> None:
+    local = datetime(2024, 5, 1, 5, 12, 0, 42, tzinfo=timezone(timedelta(hours=2)))
+    assert utc_timestamp(local) == "2024-05-01T03:12:00.000042Z"
+    assert TS.match(utc_timestamp())
+
+
+def test_record_header_comes_first_and_fields_follow() -> None:
+    stream = io.StringIO()
+    log = JsonLog(stream=stream, fields={"daemon": "test"}, clock=lambda: datetime(2024, 1, 2, tzinfo=UTC))
+    log.warning("thing_happened", count=3, where="here")
+    line = stream.getvalue()
+    assert line.endswith("\n") and line.count("\n") == 1
+    record = json.loads(line)
+    assert list(record) == ["ts", "level", "event", "count", "where", "daemon"]
+    assert record["ts"] == "2024-01-02T00:00:00.000000Z"
+    assert record["level"] == "warning"
+    assert record["event"] == "thing_happened"
+
+
+def test_defaults_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    JsonLog().info("hello", n=1)
+    assert json.loads(capsys.readouterr().out)["event"] == "hello"
+
+
+def test_unserialisable_values_are_stringified_not_lost() -> None:
+    stream = io.StringIO()
+    JsonLog(stream=stream).error("boom", error=ValueError("bad"), path=Path("/x"), text="é")
+    record = json.loads(stream.getvalue())
+    assert record["error"] == "bad" and record["path"] == "/x" and record["text"] == "é"
+
+
+def test_rejects_unknown_level_and_reserved_names() -> None:
+    log = JsonLog(stream=io.StringIO())
+    with pytest.raises(ValueError, match="unknown level"):
+        log.log("x", "fatal")
+    with pytest.raises(ValueError, match="reserved"):
+        log.info("x", ts="now")
+    with pytest.raises(ValueError, match="reserved"):
+        JsonLog(stream=io.StringIO(), fields={"event": "x"})
+    with pytest.raises(ValueError, match="not both"):
+        JsonLog("/dev/null", stream=io.StringIO())
+
+
+def test_min_level_filters() -> None:
+    stream = io.StringIO()
+    log = JsonLog(stream=stream, min_level="info")
+    log.debug("quiet")
+    log.info("loud")
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["loud"]
+
+
+def test_file_append_mode_and_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text('{"event": "older"}\n')
+    with JsonLog(path) as log:
+        log.info("newer")
+    assert [r["event"] for r in lines(path)] == ["older", "newer"]
+
+    fresh = tmp_path / "fresh.log"
+    with JsonLog(fresh) as log:
+        log.info("x")
+    assert stat.S_IMODE(fresh.stat().st_mode) & 0o007 == 0
+
+
+def test_reopen_after_rotation_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    rotated = tmp_path / "app.log.1"
+    log = JsonLog(path)
+    log.info("before")
+    path.rename(rotated)
+    log.info("after_rename")  # still goes to the open descriptor, i.e. the rotated file
+    log.reopen()
+    log.info("after_reopen")
+    log.close()
+    assert [r["event"] for r in lines(rotated)] == ["before", "after_rename"]
+    assert [r["event"] for r in lines(path)] == ["after_reopen"]
+
+
+def test_reopen_is_a_noop_for_streams_and_closed_file_logs_fail_loudly(tmp_path: Path) -> None:
+    JsonLog(stream=io.StringIO()).reopen()
+    log = JsonLog(tmp_path / "a.log")
+    log.close()
+    log.close()
+    with pytest.raises(ValueError, match="closed"):
+        log.info("lost")
+    with pytest.raises(ValueError, match="closed"):
+        log.reopen()
