@@ -25,7 +25,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -131,10 +130,13 @@ def linear(cfg: dict, facts: dict, carry: str) -> str:
 
 
 def load(text: str) -> float:
-    with tempfile.NamedTemporaryFile("w", suffix=".nft", delete=False) as handle:
-        handle.write(text)
-    subprocess.run(["docker", "cp", handle.name, f"{ROUTER}:/run/bench.nft"], check=True)
-    Path(handle.name).unlink()
+    """Time `nft -f` inside the router (the file goes in over stdin: /run there is a tmpfs)."""
+    subprocess.run(
+        ["docker", "exec", "-i", ROUTER, "sh", "-c", "cat > /run/bench.nft"],
+        input=text,
+        text=True,
+        check=True,
+    )
     out = sh(
         ROUTER,
         "python3 -c 'import subprocess,time; t=time.perf_counter(); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 import tempfile
@@ -131,3 +132,16 @@ def check_nft_ok(text: str) -> None:
 @pytest.fixture
 def assert_nft_ok() -> Callable[[str], None]:
     return check_nft_ok
+
+
+def netns_unavailable(*tools: str) -> str | None:
+    """Why a private network namespace with nft (and ``tools``) cannot be used here, or None."""
+    if os.geteuid() != 0:
+        return "needs root to create a network namespace"
+    for tool in ("unshare", "nft", *tools):
+        if shutil.which(tool) is None:
+            return f"{tool} not found on PATH"
+    probe = subprocess.run(["unshare", "--net", "nft", "list", "ruleset"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        return f"unshare --net nft failed: {probe.stderr.decode(errors='replace').strip()}"
+    return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from conftest import netns_unavailable
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -114,19 +114,6 @@ table inet nattrail {
 \t}
 }
 """
-
-
-def netns_unavailable() -> str | None:
-    """Why a private network namespace with nft cannot be used here, or None if it can."""
-    if os.geteuid() != 0:
-        return "needs root to create a network namespace"
-    for tool in ("unshare", "nft"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found on PATH"
-    probe = subprocess.run(["unshare", "--net", "nft", "list", "ruleset"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        return f"unshare --net nft failed: {probe.stderr.decode(errors='replace').strip()}"
-    return None
 
 
 def in_netns(script: str) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,6 @@ import errno
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import netns_unavailable
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -837,20 +837,8 @@ def test_daemon_process_signals(tmp_path: Path) -> None:
 # --- the real SO_ORIGINAL_DST, in a private network namespace -----------------------------------------
 
 
-def netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create a network namespace"
-    for tool in ("unshare", "nft", "ip"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found on PATH"
-    probe = subprocess.run(["unshare", "--net", "nft", "list", "ruleset"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        return f"unshare --net nft failed: {probe.stderr.decode(errors='replace').strip()}"
-    return None
-
-
 def test_real_so_original_dst_in_a_network_namespace() -> None:
-    reason = netns_unavailable()
+    reason = netns_unavailable("ip")
     if reason:
         pytest.skip(f"SKIPPED LOUDLY: the real SO_ORIGINAL_DST path is untested here: {reason}")
     result = subprocess.run(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import netns_unavailable
 
 from nattrail import accounting, ruleset
 
@@ -72,8 +72,9 @@ NETNS_SCRIPT = textwrap.dedent(
 
 
 def test_apply_carries_counters_over_a_real_reload(tmp_path: Path) -> None:
-    if shutil.which("unshare") is None or shutil.which("nft") is None or os.geteuid() != 0:
-        pytest.skip("!!! COUNTER CARRY-OVER NOT CHECKED: needs root, unshare and nft !!!")
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(f"!!! COUNTER CARRY-OVER NOT CHECKED: {reason} !!!")
     result = subprocess.run(
         ["unshare", "--net", sys.executable, "-c", NETNS_SCRIPT, str(tmp_path)],
         capture_output=True,
