@@ -151,3 +151,16 @@ def test_a_ruleset_that_locks_the_administrator_out_is_rolled_back(lab):
     assert lab["router"].check("sha256sum /etc/nftables.conf") == good, "an unconfirmed ruleset was kept"
     restored = converge()
     assert restored.returncode == 0, restored.stdout[-3000:]
+
+
+def test_bad_inventory_fails_the_play_before_the_router_changes(lab):
+    state = (
+        "sha256sum /etc/nftables.conf /etc/nftables.conf.candidate; nft list table inet nattrail | sha256sum"
+    )
+    before = lab["router"].check(state)
+    bad = converge("-e", '{"nat_router_dnat": [{"port": 70000, "target": "10.99.0.1"}]}')
+    assert bad.returncode != 0
+    message = " ".join(bad.stdout.split())
+    assert "nat_router: host router: variable nat_router_dnat, entry 0" in message, bad.stdout[-2000:]
+    assert "70000" in message and "10.99.0.1" in message
+    assert lab["router"].check(state) == before
