@@ -26,7 +26,7 @@ FULL_CONFIG: dict[str, object] = {
         {"port": 8081, "target": "10.77.0.10", "target_port": 80, "source": "198.51.100.0/24"},
         {"port": 53, "proto": "udp", "target": "10.77.0.11", "source": "198.51.100.0/24"},
         {"port": 53, "proto": "udp", "target": "10.77.0.12", "source": "198.51.101.0/24"},
-        {"port": "ALL", "source": "192.0.2.0/24", "target": "10.77.0.13"},
+        {"port": "ALL", "source": "198.18.0.0/24", "target": "10.77.0.13"},
     ],
     "accounting_networks": ["10.77.0.0/26", {"network": "10.77.0.128/25", "name": "Lab Servers"}],
     "accounting_exclude": ["10.77.0.5"],
@@ -91,7 +91,7 @@ def test_full_config_renders_every_feature(assert_nft_ok: Callable[[str], None])
     text = render(FULL_CONFIG)
     lines = rule_lines(text)
     assert "0.0.0.0/0 . tcp . 8080 : 10.77.0.10 . 80," in lines
-    assert "192.0.2.0/24 : 10.77.0.13," in lines
+    assert "198.18.0.0/24 : 10.77.0.13," in lines
     assert (
         'iifname { "eth0" } fib daddr type local meta l4proto { tcp, udp } '
         "dnat ip to ip saddr . meta l4proto . th dport map @dnat_ports" in lines
@@ -137,7 +137,7 @@ def test_template_has_no_logic_beyond_loops_and_conditionals() -> None:
         {
             "dnat": [
                 {"port": 22, "target": "10.77.0.10"},
-                {"port": "ALL", "source": "192.0.2.0/24", "target": "10.77.0.11"},
+                {"port": "ALL", "source": "198.18.0.0/24", "target": "10.77.0.11"},
             ]
         },
         {"accounting_networks": ["0.0.0.0/0"]},
@@ -187,7 +187,7 @@ def valid_configs(draw: st.DrawFn) -> tuple[dict, dict]:
     def host(net: netaddr.IPNetwork) -> str:
         return str(netaddr.IPAddress(draw(st.integers(net.first, net.last))))
 
-    sources = ["0.0.0.0/0", "198.51.100.0/24", "198.51.101.0/25", "192.0.2.0/24", "203.0.113.128/25"]
+    sources = ["0.0.0.0/0", "198.51.100.0/24", "198.51.101.0/25", "198.18.0.0/24", "203.0.113.128/25"]
     keys = draw(
         st.lists(
             st.tuples(st.sampled_from(["tcp", "udp"]), st.integers(1, 65535), st.sampled_from(sources[1:])),
@@ -232,7 +232,7 @@ def valid_configs(draw: st.DrawFn) -> tuple[dict, dict]:
         "dnat": dnat,
         "accounting_networks": accounting,
         "accounting_exclude": draw(
-            st.lists(st.sampled_from(["172.16.0.0/28", "8.8.8.8", "192.0.2.0/24"]), unique=True)
+            st.lists(st.sampled_from(["172.16.0.0/28", "8.8.8.8", "198.18.0.0/24"]), unique=True)
         ),
         "inbound_services": draw(st.lists(service, max_size=6)),
         "router_access_from_internal": draw(st.one_of(st.just("all"), st.lists(service, max_size=4))),
