@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -51,10 +50,6 @@ class Paths:
     @property
     def counters_json(self) -> Path:
         return self.state / "accounting.json"
-
-    @property
-    def pending(self) -> Path:
-        return self.state / "pending.json"
 
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -157,17 +152,13 @@ def apply(paths: Paths, confirm_timeout: int) -> dict[str, object]:
     if confirm_timeout > 0:
         schedule_rollback(paths, confirm_timeout)
         record["rollback_in_s"] = confirm_timeout
-        accounting.write_atomic(paths.pending, json.dumps(record) + "\n")
     else:
         install(paths)
     return record
 
 
 def install(paths: Paths) -> None:
-    temp = paths.target.with_name(paths.target.name + ".nattrail-new")
-    shutil.copyfile(paths.candidate, temp)
-    temp.chmod(0o644)
-    temp.replace(paths.target)
+    accounting.write_atomic(paths.target, paths.candidate.read_text(encoding="utf-8"))
 
 
 def confirm(paths: Paths) -> dict[str, object]:
@@ -177,14 +168,12 @@ def confirm(paths: Paths) -> dict[str, object]:
     if result.returncode != 0:
         raise RulesetError(f"could not cancel the rollback: {result.stderr.strip()}")
     install(paths)
-    paths.pending.unlink(missing_ok=True)
     return {"event": "confirmed", "at": utc_timestamp(), "installed": str(paths.target)}
 
 
 def rollback(paths: Paths) -> dict[str, object]:
     carry(paths, paths.target)
     nft_load(paths.target)
-    paths.pending.unlink(missing_ok=True)
     return {"event": "rolled_back", "at": utc_timestamp(), "loaded": str(paths.target)}
 
 
