@@ -7,6 +7,7 @@ networks, and every connection they make runs between lab hosts.
 from __future__ import annotations
 
 import base64
+import os
 import shlex
 import time
 import uuid
@@ -18,7 +19,10 @@ import pytest
 import testinfra
 import yaml
 
-TOPOLOGY = Path(__file__).resolve().parents[3] / "lab" / "topology.yml"
+# NATTRAIL_LAB_TOPOLOGY points the checks at another copy of the lab (other names and subnets),
+# so a second lab can be tested while the default one is busy.
+PROJECT = Path(__file__).resolve().parents[3]
+TOPOLOGY = Path(os.environ.get("NATTRAIL_LAB_TOPOLOGY") or PROJECT / "lab" / "topology.yml")
 
 # A one-shot TCP listener: records the peer of the first connection, then drains it.
 LISTENER = """

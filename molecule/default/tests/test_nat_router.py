@@ -8,10 +8,9 @@ import os
 import subprocess
 import time
 
-from conftest import TOPOLOGY
+from conftest import PROJECT
 
 ROUTER_OUT = "203.0.113.2"
-PROJECT = TOPOLOGY.parents[1]
 
 
 def try_connect(lab, source: str, address: str, port: int, timeout: float = 3.0):
