@@ -90,6 +90,26 @@ class JsonLog:
             stream.write(line)
             stream.flush()
 
+    def write_lines(self, lines: list[str]) -> None:
+        """Write records made by :meth:`format` in one ``write``: a busy daemon pays one system call
+        per batch instead of one per record, and a reader still never sees half a line."""
+        if not lines:
+            return
+        data = "".join(lines).encode("utf-8")
+        with self._lock:
+            if self._path is not None:
+                if self._fd is None:
+                    raise ValueError(f"log {self._path} is closed")
+                view = memoryview(data)
+                # A regular file takes the whole write unless the disk is full; loop rather than
+                # silently drop the tail if it ever does not.
+                while view:
+                    view = view[os.write(self._fd, view) :]
+                return
+            stream = self._stream if self._stream is not None else sys.stdout
+            stream.write(data.decode("utf-8"))
+            stream.flush()
+
     def debug(self, event: str, **fields: Any) -> None:  # noqa: ANN401
         self.log(event, "debug", **fields)
 

@@ -107,3 +107,15 @@ def test_reopen_is_a_noop_for_streams_and_closed_file_logs_fail_loudly(tmp_path:
         log.info("lost")
     with pytest.raises(ValueError, match="closed"):
         log.reopen()
+
+
+def test_write_lines_writes_a_batch_of_whole_records(tmp_path: Path) -> None:
+    path = tmp_path / "batch.log"
+    log = JsonLog(path)
+    log.write_lines([log.format("open", n=n) for n in range(3)])
+    log.write_lines([])
+    log.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["n"] for r in records] == [0, 1, 2]
+    with pytest.raises(ValueError, match="closed"):
+        log.write_lines([log.format("late")])

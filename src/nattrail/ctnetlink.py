@@ -1,0 +1,370 @@
+"""Conntrack over raw netlink (ctnetlink), with the standard library only.
+
+Enough of the protocol to follow connections: subscribe to the NEW and DESTROY event groups, dump the
+table, and decode each message into a :class:`Conntrack`. The layouts come from the kernel's uapi headers
+(linux/netlink.h, linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h); every number used is named here.
+Decoding never trusts lengths: a truncated or malformed message raises :class:`DecodeError`, which the
+caller counts instead of crashing on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h; the socket module does not name it
+
+# nlmsghdr
+NLMSG_HDR = struct.Struct("=IHHII")  # length, type, flags, seq, pid
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLMSG_OVERRUN = 4
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_DUMP = 0x300
+NLM_F_CREATE = 0x400
+NLM_F_EXCL = 0x200
+
+# nfgenmsg follows nlmsghdr: family, version, res_id (network order)
+NFGEN_HDR = struct.Struct("!BBH")
+NFNL_SUBSYS_CTNETLINK = 1
+IPCTNL_MSG_CT_NEW = 0
+IPCTNL_MSG_CT_GET = 1
+IPCTNL_MSG_CT_DELETE = 2
+NFNLGRP_CONNTRACK_NEW = 1
+NFNLGRP_CONNTRACK_DESTROY = 3
+
+# netlink attributes
+NLA_HDR = struct.Struct("=HH")
+NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
+
+# enum ctattr_type
+CTA_TUPLE_ORIG = 1
+CTA_TUPLE_REPLY = 2
+CTA_STATUS = 3
+CTA_COUNTERS_ORIG = 9
+CTA_COUNTERS_REPLY = 10
+CTA_ID = 12
+CTA_MARK = 8
+CTA_TIMESTAMP = 20
+CTA_MARK_MASK = 21
+# enum ctattr_tuple / ctattr_ip / ctattr_l4proto
+CTA_TUPLE_IP = 1
+CTA_TUPLE_PROTO = 2
+CTA_IP_V4_SRC = 1
+CTA_IP_V4_DST = 2
+CTA_IP_V6_SRC = 3
+CTA_IP_V6_DST = 4
+CTA_PROTO_NUM = 1
+CTA_PROTO_SRC_PORT = 2
+CTA_PROTO_DST_PORT = 3
+CTA_PROTO_ICMP_ID = 4
+CTA_PROTO_ICMP_TYPE = 5
+CTA_PROTO_ICMP_CODE = 6
+# enum ctattr_counters / ctattr_tstamp
+CTA_COUNTERS_PACKETS = 1
+CTA_COUNTERS_BYTES = 2
+CTA_COUNTERS32_PACKETS = 3
+CTA_COUNTERS32_BYTES = 4
+CTA_TIMESTAMP_START = 1
+CTA_TIMESTAMP_STOP = 2
+
+# enum ip_conntrack_status
+IPS_SRC_NAT = 1 << 4
+IPS_DST_NAT = 1 << 5
+
+PROTO_NAMES: dict[int, str] = {
+    socket.IPPROTO_TCP: "tcp",
+    socket.IPPROTO_UDP: "udp",
+    socket.IPPROTO_ICMP: "icmp",
+}
+
+U16 = struct.Struct("!H")
+U32 = struct.Struct("!I")
+U64 = struct.Struct("!Q")
+
+
+class DecodeError(ValueError):
+    """A netlink message that does not parse: counted and skipped, never fatal."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tuple:
+    src: str
+    dst: str
+    proto: int
+    sport: int | None = None  # TCP/UDP ports; None for ICMP
+    dport: int | None = None
+    icmp_id: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    packets: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Conntrack:
+    """One ctnetlink message: ``event`` is "new", "destroy" or "dump" (a table dump entry)."""
+
+    event: str
+    ct_id: int | None
+    status: int
+    orig: Tuple
+    reply: Tuple
+    counters_orig: Counters | None = None
+    counters_reply: Counters | None = None
+    start_ns: int | None = None  # CLOCK_REALTIME nanoseconds, with nf_conntrack_timestamp
+    stop_ns: int | None = None
+
+    @property
+    def proto(self) -> str:
+        return PROTO_NAMES.get(self.orig.proto, str(self.orig.proto))
+
+    @property
+    def source_natted(self) -> bool:
+        return bool(self.status & IPS_SRC_NAT)
+
+
+def iter_attrs(data: bytes | memoryview, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """Yield (type, payload start, payload end) for each attribute in data[start:end]."""
+    if end > len(data):
+        raise DecodeError(f"attribute block runs past the message ({end} > {len(data)})")
+    pos = start
+    while pos + 4 <= end:
+        length, kind = NLA_HDR.unpack_from(data, pos)
+        if length < 4 or pos + length > end:
+            raise DecodeError(f"bad attribute length {length} at offset {pos}")
+        yield kind & NLA_TYPE_MASK, pos + 4, pos + length
+        pos += (length + 3) & ~3
+
+
+def _exact(data: bytes | memoryview, start: int, end: int, size: int, what: str) -> None:
+    if end - start != size:
+        raise DecodeError(f"{what}: expected {size} bytes, got {end - start}")
+
+
+# attribute -> (Tuple field, size, address family) for the addresses, (Tuple field, size) for the rest
+_IP_ATTRS = {
+    CTA_IP_V4_SRC: ("src", 4, socket.AF_INET),
+    CTA_IP_V4_DST: ("dst", 4, socket.AF_INET),
+    CTA_IP_V6_SRC: ("src", 16, socket.AF_INET6),
+    CTA_IP_V6_DST: ("dst", 16, socket.AF_INET6),
+}
+_PROTO_ATTRS = {
+    CTA_PROTO_NUM: ("proto", 1),
+    CTA_PROTO_SRC_PORT: ("sport", 2),
+    CTA_PROTO_DST_PORT: ("dport", 2),
+    CTA_PROTO_ICMP_ID: ("icmp_id", 2),
+    CTA_PROTO_ICMP_TYPE: ("icmp_type", 1),
+    CTA_PROTO_ICMP_CODE: ("icmp_code", 1),
+}
+
+
+def decode_tuple(data: bytes | memoryview, start: int, end: int) -> Tuple:
+    values: dict[str, Any] = {}
+    for kind, a, b in iter_attrs(data, start, end):
+        if kind == CTA_TUPLE_IP:
+            for ikind, ia, ib in iter_attrs(data, a, b):
+                if ikind in _IP_ATTRS:
+                    name, size, family = _IP_ATTRS[ikind]
+                    _exact(data, ia, ib, size, "address")
+                    values[name] = socket.inet_ntop(family, bytes(data[ia:ib]))
+        elif kind == CTA_TUPLE_PROTO:
+            for pkind, pa, pb in iter_attrs(data, a, b):
+                if pkind in _PROTO_ATTRS:
+                    name, size = _PROTO_ATTRS[pkind]
+                    _exact(data, pa, pb, size, name)
+                    values[name] = data[pa] if size == 1 else U16.unpack_from(data, pa)[0]
+    if "src" not in values or "dst" not in values or "proto" not in values:
+        raise DecodeError("tuple without addresses or protocol")
+    return Tuple(**values)
+
+
+def _counters(data: bytes | memoryview, start: int, end: int) -> Counters:
+    packets = octets = 0
+    for kind, a, b in iter_attrs(data, start, end):
+        if kind in (CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES):
+            _exact(data, a, b, 8, "64-bit counter")
+            (value,) = U64.unpack_from(data, a)
+        elif kind in (CTA_COUNTERS32_PACKETS, CTA_COUNTERS32_BYTES):
+            _exact(data, a, b, 4, "32-bit counter")
+            (value,) = U32.unpack_from(data, a)
+        else:
+            continue
+        if kind in (CTA_COUNTERS_PACKETS, CTA_COUNTERS32_PACKETS):
+            packets = value
+        else:
+            octets = value
+    return Counters(packets, octets)
+
+
+def _timestamps(data: bytes | memoryview, start: int, end: int) -> tuple[int | None, int | None]:
+    found: dict[int, int] = {}
+    for kind, a, b in iter_attrs(data, start, end):
+        if kind in (CTA_TIMESTAMP_START, CTA_TIMESTAMP_STOP):
+            _exact(data, a, b, 8, "timestamp")
+            found[kind] = U64.unpack_from(data, a)[0]
+    return found.get(CTA_TIMESTAMP_START), found.get(CTA_TIMESTAMP_STOP)
+
+
+def decode_conntrack(data: bytes | memoryview, start: int, end: int, event: str) -> Conntrack:
+    """Decode the attributes of one conntrack message (after nlmsghdr and nfgenmsg)."""
+    orig = reply = None
+    status = 0
+    ct_id = None
+    c_orig = c_reply = None
+    start_ns = stop_ns = None
+    for kind, a, b in iter_attrs(data, start, end):
+        if kind == CTA_TUPLE_ORIG:
+            orig = decode_tuple(data, a, b)
+        elif kind == CTA_TUPLE_REPLY:
+            reply = decode_tuple(data, a, b)
+        elif kind == CTA_STATUS:
+            _exact(data, a, b, 4, "status")
+            (status,) = U32.unpack_from(data, a)
+        elif kind == CTA_ID:
+            _exact(data, a, b, 4, "conntrack id")
+            (ct_id,) = U32.unpack_from(data, a)
+        elif kind == CTA_COUNTERS_ORIG:
+            c_orig = _counters(data, a, b)
+        elif kind == CTA_COUNTERS_REPLY:
+            c_reply = _counters(data, a, b)
+        elif kind == CTA_TIMESTAMP:
+            start_ns, stop_ns = _timestamps(data, a, b)
+    if orig is None or reply is None:
+        raise DecodeError("conntrack message without both tuples")
+    return Conntrack(event, ct_id, status, orig, reply, c_orig, c_reply, start_ns, stop_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class NetlinkError:
+    """An NLMSG_ERROR reply (code 0 is an acknowledgement)."""
+
+    code: int
+
+
+def decode_datagram(data: bytes | memoryview) -> Iterator[Conntrack | NetlinkError | None]:
+    """Decode every netlink message in one datagram.
+
+    Yields a Conntrack for conntrack messages, a NetlinkError for error/ack messages and None for
+    NLMSG_DONE (the end of a dump). Other message types are skipped. Raises DecodeError on a
+    malformed header; the messages before it have already been yielded.
+    """
+    pos = 0
+    size = len(data)
+    while pos + NLMSG_HDR.size <= size:
+        length, kind, flags, _seq, _pid = NLMSG_HDR.unpack_from(data, pos)
+        if length < NLMSG_HDR.size or pos + length > size:
+            raise DecodeError(f"bad netlink message length {length} at offset {pos}")
+        body = pos + NLMSG_HDR.size
+        end = pos + length
+        if kind == NLMSG_DONE:
+            yield None
+        elif kind == NLMSG_ERROR:
+            if end - body < 4:
+                raise DecodeError("short NLMSG_ERROR")
+            (code,) = struct.unpack_from("=i", data, body)
+            yield NetlinkError(-code)
+        elif kind >> 8 == NFNL_SUBSYS_CTNETLINK:
+            if end - body < NFGEN_HDR.size:
+                raise DecodeError("conntrack message without nfgenmsg")
+            msg = kind & 0xFF
+            if msg == IPCTNL_MSG_CT_DELETE:
+                event = "destroy"
+            elif flags & NLM_F_MULTI:
+                event = "dump"
+            elif msg == IPCTNL_MSG_CT_NEW and flags & (NLM_F_CREATE | NLM_F_EXCL):
+                event = "new"
+            else:
+                event = "update"
+            yield decode_conntrack(data, body + NFGEN_HDR.size, end, event)
+        pos += (length + 3) & ~3
+
+
+def dump_request(seq: int = 1, family: int = socket.AF_INET, mark: tuple[int, int] | None = None) -> bytes:
+    """An IPCTNL_MSG_CT_GET dump request for every conntrack entry of ``family``; with ``mark``
+    (value, mask) the kernel only returns entries whose mark matches."""
+    kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
+    body = NFGEN_HDR.pack(family, 0, 0)
+    if mark is not None:
+        for attr, value in ((CTA_MARK, mark[0]), (CTA_MARK_MASK, mark[1])):
+            body += NLA_HDR.pack(8, attr) + U32.pack(value)
+    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def event_socket(rcvbuf: int) -> socket.socket:
+    """A non-blocking ctnetlink socket subscribed to NEW and DESTROY events.
+
+    SO_RCVBUFFORCE (CAP_NET_ADMIN, which subscribing needs anyway) lifts the buffer above
+    net.core.rmem_max; without it the kernel silently caps the size, so the size granted is checked.
+    """
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                         NETLINK_NETFILTER)  # fmt: skip
+    try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((0, 0))
+        for group in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY):
+            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def granted_rcvbuf(sock: socket.socket) -> int:
+    # The kernel reports twice the requested size (it counts its bookkeeping); halve it back.
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+
+
+def dump_table(family: int = socket.AF_INET, bufsize: int = 1 << 20, mark: tuple[int, int] | None = None,
+               ) -> list[Conntrack]:  # fmt: skip
+    """Return every entry of the conntrack table (blocking; used at start and after lost events)."""
+    entries: list[Conntrack] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
+        sock.bind((0, 0))
+        sock.settimeout(10.0)
+        sock.send(dump_request(family=family, mark=mark))
+        while True:
+            data = sock.recv(bufsize)
+            for item in decode_datagram(data):
+                if item is None:
+                    return entries
+                if isinstance(item, NetlinkError):
+                    if item.code:
+                        raise OSError(item.code, f"conntrack dump: {os.strerror(item.code)}")
+                    continue
+                entries.append(item)
+
+
+# A mark no entry is expected to carry: the reaping dump returns (next to) nothing.
+REAP_MARK = (0x6E7A7A6C, 0xFFFFFFFF)
+
+
+def reap_expired(family: int = socket.AF_INET) -> int:
+    """Make the kernel delete expired entries now, so their DESTROY events (and stop timestamps) come
+    when the connection ended, not when the garbage collector next passes (up to a minute later
+    on a quiet table). A table dump deletes every expired entry it walks over; the mark filter
+    keeps the answer empty, so this costs the kernel one walk and us almost nothing.
+    Returns how many entries matched the mark anyway (normally 0).
+    """
+    return len(dump_table(family, bufsize=1 << 16, mark=REAP_MARK))
+
+
+def is_enobufs(exc: OSError) -> bool:
+    return exc.errno == errno.ENOBUFS

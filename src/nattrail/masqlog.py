@@ -1,0 +1,532 @@
+"""`nattrail masqlog`: log every masqueraded connection, with the user behind it.
+
+The daemon follows conntrack's NEW and DESTROY events over netlink and keeps the source-NATed ones. For each
+it writes JSON lines to its log (see docs/masq_logger.md for every field):
+
+- ``open``: client, server and masquerader addresses and ports, and the conntrack id that joins the events;
+- ``ident`` (TCP): the user the client's identd names for the connection, or why there is none;
+- ``close``: start, end, duration, packets and bytes both ways.
+
+Nothing is lost silently. The receive buffer is large, and when the kernel still overruns it (ENOBUFS)
+an ``events_lost`` record is written and the conntrack table is dumped, so connections opened during the
+gap are logged (``"resync": true``) and those closed during it are closed (``"lost": true``). Ident queries
+run concurrently, under a global cap and a per-client rate; a connection past the caps is still logged,
+with ``"ident_error": "skipped:<reason>"``, and the skips are counted in periodic ``ident_skips`` records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import signal
+import socket
+import sys
+import syslog
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nattrail import __version__, ctnetlink, ident
+from nattrail.ctnetlink import Conntrack, DecodeError
+from nattrail.jsonlog import JsonLog, utc_timestamp
+
+PROTOCOLS = ("tcp", "udp", "icmp")
+READ_BUDGET = 512  # datagrams read per wake-up before the loop lets ident tasks and timers run
+RECV_SIZE = 65536
+
+Key = tuple[int | None, ctnetlink.Tuple]
+IdentQuery = Callable[..., Awaitable[ident.IdentReply]]
+TableDump = Callable[[], list[Conntrack]]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    """The daemon's settings; every key may appear in the JSON configuration file."""
+
+    log: str = "/var/log/nattrail/masq.log"
+    protocols: tuple[str, ...] = ("tcp",)
+    ident: bool = True
+    ident_timeout: float = 5.0
+    ident_port: int = 113
+    ident_max_concurrent: int = 64
+    ident_rate: float = 5.0
+    ident_burst: int = 10
+    ident_max_clients: int = 4096
+    rcvbuf: int = 8 * 1024 * 1024
+    skips_interval: float = 60.0
+    stats_interval: float = 300.0
+    reap_interval: float = 2.0
+    max_tracked: int = 1_000_000
+    syslog: bool = False
+
+
+def _check_number(key: str, value: object, default: object) -> None:
+    kind = type(default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if kind is int and not isinstance(value, int):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key}: must be a number above 0, got {value!r}")
+
+
+def _check(key: str, value: Any, default: Any) -> Any:  # noqa: ANN401
+    """Validate one setting against the type of its default; return it in that type."""
+    if key == "protocols":
+        if not isinstance(value, list | tuple) or not value:
+            raise ConfigError(f"protocols: expected a non-empty list, got {value!r}")
+        bad = [p for p in value if p not in PROTOCOLS]
+        if bad:
+            raise ConfigError(f"protocols: unknown {bad!r}; choose from {', '.join(PROTOCOLS)}")
+        return tuple(dict.fromkeys(value))
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+        return value
+    _check_number(key, value, default)
+    if key == "ident_port" and value > 65535:
+        raise ConfigError(f"ident_port: must be a port number (1-65535), got {value!r}")
+    return float(value) if isinstance(default, float) else value
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """Validate a configuration mapping; every problem names its key and value."""
+    defaults = Config()
+    known = {f.name: getattr(defaults, f.name) for f in dataclass_fields(Config)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    values = {key: _check(key, value, known[key]) for key, value in data.items()}
+    return Config(**values)
+
+
+def load_config(path: str) -> Config:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    try:
+        return build_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def ns_timestamp(ns: int | None) -> str | None:
+    if not ns:
+        return None
+    return utc_timestamp(datetime.fromtimestamp(ns / 1e9, UTC))
+
+
+def connection_fields(ct: Conntrack) -> dict[str, Any]:
+    """Who talked to whom: the original tuple's source is the client; the reply tuple holds the
+    server as actually reached (after any DNAT) and the masquerader's address and port."""
+    orig, reply = ct.orig, ct.reply
+    out: dict[str, Any] = {
+        "proto": ct.proto,
+        "ct_id": ct.ct_id,
+        "client_ip": orig.src,
+        "client_port": orig.sport,
+        "server_ip": reply.src,
+        "server_port": reply.sport,
+        "masq_ip": reply.dst,
+        "masq_port": reply.dport,
+    }
+    if orig.icmp_id is not None:
+        out.update(icmp_type=orig.icmp_type, icmp_code=orig.icmp_code, icmp_id=orig.icmp_id)
+        out["masq_icmp_id"] = reply.icmp_id
+    return out
+
+
+@dataclass
+class Tracked:
+    opened: str | None
+    opened_mono: float
+    ct: Conntrack  # kept so that a close lost in an overrun can still be written in full
+
+
+@dataclass
+class Stats:
+    events: int = 0
+    opens: int = 0
+    closes: int = 0
+    ignored: int = 0
+    decode_errors: int = 0
+    overruns: int = 0
+    resyncs: int = 0
+    idents_answered: int = 0
+    ident_errors: int = 0
+    ident_skipped: int = 0
+    untracked: int = 0
+
+
+@dataclass
+class MasqLogger:
+    """The event logic, separate from the socket so that tests feed it decoded messages."""
+
+    config: Config
+    log: JsonLog
+    query: IdentQuery = ident.query
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    monotonic: Callable[[], float] = time.monotonic
+    sink: Callable[[str], None] | None = None  # the optional syslog copy
+    stats: Stats = field(default_factory=Stats)
+
+    def __post_init__(self) -> None:
+        self.tracked: dict[Key, Tracked] = {}
+        self.pending: list[str] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.limiter = ident.IdentLimiter(
+            max_concurrent=self.config.ident_max_concurrent,
+            per_client_rate=self.config.ident_rate,
+            per_client_burst=self.config.ident_burst,
+            max_clients=self.config.ident_max_clients,
+        )
+        self.protocols = frozenset(self.config.protocols)
+
+    # --- output ------------------------------------------------------------------------------------
+
+    def emit(self, event: str, level: str = "info", **fields: Any) -> None:  # noqa: ANN401
+        self.pending.append(self.log.format(event, level, **fields))
+
+    def flush(self) -> None:
+        lines, self.pending = self.pending, []
+        self.log.write_lines(lines)
+        if self.sink is not None:
+            for line in lines:
+                self.sink(line.rstrip("\n"))
+
+    # --- events ------------------------------------------------------------------------------------
+
+    def wanted(self, ct: Conntrack) -> bool:
+        return ct.source_natted and ct.proto in self.protocols
+
+    def handle(self, ct: Conntrack) -> None:
+        """Log one conntrack event (new, destroy or dump) if it is a masqueraded connection."""
+        self.stats.events += 1
+        if not self.wanted(ct):
+            self.stats.ignored += 1
+            return
+        key: Key = (ct.ct_id, ct.orig)
+        if ct.event == "destroy":
+            self._close(key, ct)
+        elif ct.event in ("new", "dump"):
+            self._open(key, ct, resync=ct.event == "dump")
+
+    def _open(self, key: Key, ct: Conntrack, *, resync: bool) -> None:
+        if key in self.tracked:
+            return  # already known (a dump racing with its own NEW event)
+        now = self.clock()
+        opened = ns_timestamp(ct.start_ns) if resync else utc_timestamp(now)
+        if len(self.tracked) < self.config.max_tracked:
+            self.tracked[key] = Tracked(opened, self.monotonic(), ct)
+        else:
+            self.stats.untracked += 1
+        self.stats.opens += 1
+        conn = connection_fields(ct)
+        extra = {"resync": True} if resync else {}
+        self.emit("open", **conn, opened=opened, **extra)
+        if ct.proto == "tcp" and self.config.ident and not resync:
+            self._start_ident(conn, ct)
+
+    def _close(self, key: Key, ct: Conntrack) -> None:
+        tracked = self.tracked.pop(key, None)
+        now = self.clock()
+        closed = ns_timestamp(ct.stop_ns) or utc_timestamp(now)
+        opened = ns_timestamp(ct.start_ns) or (tracked.opened if tracked else None)
+        if ct.start_ns and ct.stop_ns:
+            duration: float | None = round((ct.stop_ns - ct.start_ns) / 1e9, 6)
+        elif tracked is not None:
+            duration = round(self.monotonic() - tracked.opened_mono, 6)
+        else:
+            duration = None
+        self.stats.closes += 1
+        c_orig, c_reply = ct.counters_orig, ct.counters_reply
+        self.emit(
+            "close",
+            **connection_fields(ct),
+            opened=opened,
+            closed=closed,
+            duration=duration,
+            orig_packets=c_orig.packets if c_orig else None,
+            orig_bytes=c_orig.bytes if c_orig else None,
+            reply_packets=c_reply.packets if c_reply else None,
+            reply_bytes=c_reply.bytes if c_reply else None,
+        )
+
+    # --- ident ----------------------------------------------------------------------------------------
+
+    def _start_ident(self, conn: dict[str, Any], ct: Conntrack) -> None:
+        reason = self.limiter.try_acquire(ct.orig.src)
+        if reason is not None:
+            self.stats.ident_skipped += 1
+            self.emit("ident", **conn, user=None, ident_error=f"skipped:{reason}")
+            return
+        task = asyncio.get_running_loop().create_task(self._ident(conn, ct))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _ident(self, conn: dict[str, Any], ct: Conntrack) -> None:
+        try:
+            reply = await self.query(
+                ct.orig.src,
+                ct.orig.sport,
+                ct.orig.dport,
+                timeout=self.config.ident_timeout,
+                port=self.config.ident_port,
+            )
+        finally:
+            self.limiter.release()
+        if reply.error is None:
+            self.stats.idents_answered += 1
+        else:
+            self.stats.ident_errors += 1
+        self.emit("ident", **conn, **reply.as_fields())
+        self.flush()
+
+    def report_skips(self) -> None:
+        skips = self.limiter.take_skips()
+        if any(skips.values()):
+            self.emit("ident_skips", "warning", **skips)
+            self.flush()
+
+    # --- lost events ----------------------------------------------------------------------------------
+
+    def events_lost(self) -> None:
+        self.stats.overruns += 1
+        self.emit(
+            "events_lost",
+            "warning",
+            overruns=self.stats.overruns,
+            note="the kernel dropped conntrack events (receive buffer full); resyncing from a table dump",
+        )
+
+    def resync(self, table: list[Conntrack]) -> None:
+        """Reconcile what we believe is open with a table dump."""
+        self.stats.resyncs += 1
+        seen: set[Key] = set()
+        learnt = 0
+        for ct in table:
+            if not self.wanted(ct):
+                continue
+            key: Key = (ct.ct_id, ct.orig)
+            seen.add(key)
+            if key not in self.tracked:
+                learnt += 1
+                self._open(key, ct, resync=True)
+        gone = [key for key in self.tracked if key not in seen]
+        now = utc_timestamp(self.clock())
+        for key in gone:
+            tracked = self.tracked.pop(key)
+            self.stats.closes += 1
+            unknown = dict.fromkeys(
+                ("duration", "orig_packets", "orig_bytes", "reply_packets", "reply_bytes")
+            )
+            self.emit("close", **connection_fields(tracked.ct), opened=tracked.opened, closed=now, **unknown,
+                      lost=True)  # fmt: skip
+        self.emit("resync", open=len(seen), learnt=learnt, closed_in_gap=len(gone))
+
+    def stats_fields(self) -> dict[str, int]:
+        return {**vars(self.stats), "tracked": len(self.tracked), "ident_in_flight": self.limiter.in_flight}
+
+
+class Daemon:
+    """The netlink socket and the event loop around a MasqLogger."""
+
+    def __init__(self, logger: MasqLogger, sock: socket.socket, dump: TableDump) -> None:
+        self.logger = logger
+        self.sock = sock
+        self.dump = dump
+        self.buffer = bytearray(RECV_SIZE)
+        self.resyncing = False
+
+    def on_readable(self) -> None:
+        view = memoryview(self.buffer)
+        overrun = False
+        try:
+            for _ in range(READ_BUDGET):
+                try:
+                    size = self.sock.recv_into(self.buffer)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if not ctnetlink.is_enobufs(exc):
+                        raise
+                    overrun = True
+                    continue  # keep draining: what is still queued is real
+                try:
+                    for item in ctnetlink.decode_datagram(view[:size]):
+                        if isinstance(item, Conntrack):
+                            self.logger.handle(item)
+                except DecodeError as exc:
+                    self.logger.stats.decode_errors += 1
+                    self.logger.emit("decode_error", "warning", error=str(exc), size=size)
+        finally:
+            self.logger.flush()
+        if overrun:
+            self.logger.events_lost()
+            self.logger.flush()
+            self.start_resync()
+
+    def reopen(self) -> None:
+        """SIGHUP, after logrotate moved the log away: continue in a new file, losing nothing."""
+        path = self.logger.config.log
+        try:
+            self.logger.log.reopen()
+        except OSError as exc:
+            # Logging carries on into the old file; say why on stderr (the journal).
+            print(f"nattrail masqlog: cannot reopen {path}: {exc}", file=sys.stderr)
+            return
+        self.logger.emit("reopened", path=path)
+        self.logger.flush()
+
+    def log_stats(self) -> None:
+        self.logger.emit("stats", **self.logger.stats_fields())
+        self.logger.flush()
+
+    async def reap(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, ctnetlink.reap_expired)
+        except OSError as exc:
+            self.logger.emit("reap_failed", "warning", error=str(exc))
+            self.logger.flush()
+
+    def start_resync(self) -> None:
+        if self.resyncing:
+            return
+        self.resyncing = True
+        loop = asyncio.get_running_loop()
+        # The dump blocks on its own socket: run it in a thread while events keep queueing.
+        future = loop.run_in_executor(None, self.dump)
+        future.add_done_callback(self._resync_done)
+
+    def _resync_done(self, future: asyncio.Future[list[Conntrack]]) -> None:
+        self.resyncing = False
+        try:
+            table = future.result()
+        except OSError as exc:
+            self.logger.emit("resync_failed", "error", error=str(exc))
+        else:
+            self.logger.resync(table)
+        self.logger.flush()
+
+
+def syslog_sink(config: Config) -> Callable[[str], None] | None:
+    if not config.syslog:
+        return None
+    syslog.openlog("nattrail-masqlog", syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def sink(line: str) -> None:
+        syslog.syslog(syslog.LOG_INFO, line)
+
+    return sink
+
+
+async def every(interval: float, action: Callable[[], Awaitable[None] | None]) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        result = action()
+        if result is not None:
+            await result
+
+
+async def run(config: Config, *, log: JsonLog) -> int:
+    loop = asyncio.get_running_loop()
+    logger = MasqLogger(config, log, sink=syslog_sink(config))
+    sock = ctnetlink.event_socket(config.rcvbuf)
+    daemon = Daemon(logger, sock, ctnetlink.dump_table)
+    stop = asyncio.Event()
+    handlers: dict[signal.Signals, Callable[[], None]] = {
+        signal.SIGTERM: stop.set,
+        signal.SIGINT: stop.set,
+        signal.SIGHUP: daemon.reopen,
+        signal.SIGUSR1: daemon.log_stats,
+    }
+    for signum, handler in handlers.items():
+        loop.add_signal_handler(signum, handler)
+    granted = ctnetlink.granted_rcvbuf(sock)
+    logger.emit("start", version=__version__, protocols=list(config.protocols), ident=config.ident,
+                rcvbuf=granted)  # fmt: skip
+    if granted < config.rcvbuf:
+        logger.emit("rcvbuf_capped", "warning", asked=config.rcvbuf, granted=granted)
+    logger.flush()
+    # Connections that were open before the daemon started (or restarted) are learnt first.
+    logger.resync(await loop.run_in_executor(None, ctnetlink.dump_table))
+    logger.flush()
+    loop.add_reader(sock.fileno(), daemon.on_readable)
+    timers = [
+        loop.create_task(every(config.reap_interval, daemon.reap)),
+        loop.create_task(every(config.skips_interval, logger.report_skips)),
+        loop.create_task(every(config.stats_interval, daemon.log_stats)),
+    ]
+    try:
+        await stop.wait()
+    finally:
+        loop.remove_reader(sock.fileno())
+        daemon.on_readable()  # what is already queued is still logged
+        for task in [*timers, *logger.tasks]:
+            task.cancel()
+        await asyncio.gather(*timers, *logger.tasks, return_exceptions=True)
+        logger.report_skips()
+        logger.emit("stop", **logger.stats_fields())
+        logger.flush()
+        sock.close()
+        for signum in handlers:
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "masqlog",
+        help="log masqueraded connections and their users (daemon)",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("--config", help="JSON settings file (keys as in docs/masq_logger.md)")
+    parser.add_argument(
+        "--log", help="log file (overrides the config file; default /var/log/nattrail/masq.log)"
+    )
+    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config) if args.config else Config()
+    except ConfigError as exc:
+        print(f"nattrail masqlog: {exc}", file=sys.stderr)
+        return 2
+    if args.log:
+        config = Config(**{**vars(config), "log": args.log})
+    if args.check:
+        print(json.dumps(vars(config), sort_keys=True))
+        return 0
+    try:
+        log = JsonLog(config.log, fields={"daemon": "masqlog"})
+    except OSError as exc:
+        print(f"nattrail masqlog: cannot open {config.log}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with contextlib.closing(log):
+        try:
+            return asyncio.run(run(config, log=log))
+        except PermissionError as exc:
+            print(f"nattrail masqlog: conntrack events need CAP_NET_ADMIN: {exc}", file=sys.stderr)
+            return 1

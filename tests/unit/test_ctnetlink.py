@@ -1,0 +1,136 @@
+"""ctnetlink decoding against datagrams captured from the lab router's kernel, and against damage."""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nattrail import ctnetlink
+from nattrail.ctnetlink import Conntrack, DecodeError, NetlinkError
+
+CAPTURE = Path(__file__).parent / "data" / "ctnetlink-capture.txt"
+
+
+def captured() -> list[tuple[str, bytes]]:
+    """(description, datagram) pairs from the capture file."""
+    pairs: list[tuple[str, bytes]] = []
+    note = ""
+    for line in CAPTURE.read_text().splitlines():
+        if line.startswith("#"):
+            note = line[1:].strip()
+        elif line.strip():
+            pairs.append((note, binascii.unhexlify(line.strip())))
+    return pairs
+
+
+def decoded(index: int) -> list[Conntrack | NetlinkError | None]:
+    return list(ctnetlink.decode_datagram(captured()[index][1]))
+
+
+def test_new_tcp_event_names_client_server_and_masquerader() -> None:
+    [ct] = decoded(0)
+    assert isinstance(ct, Conntrack)
+    assert ct.event == "new"
+    assert ct.proto == "tcp"
+    assert ct.source_natted
+    assert (ct.orig.src, ct.orig.sport, ct.orig.dst, ct.orig.dport) == (
+        "10.77.0.10",
+        37202,
+        "203.0.113.10",
+        31337,
+    )
+    assert (ct.reply.src, ct.reply.sport, ct.reply.dst, ct.reply.dport) == (
+        "203.0.113.10",
+        31337,
+        "203.0.113.2",
+        37202,
+    )
+    assert ct.ct_id is not None
+    # NEW events carry neither counters nor timestamps: the kernel adds them to DESTROY only.
+    assert ct.counters_orig is None and ct.start_ns is None
+
+
+def test_destroy_event_carries_counters_and_timestamps() -> None:
+    [new] = decoded(0)
+    [ct] = decoded(2)
+    assert isinstance(ct, Conntrack) and isinstance(new, Conntrack)
+    assert ct.event == "destroy"
+    assert ct.ct_id == new.ct_id and ct.orig == new.orig
+    assert ct.counters_orig is not None and ct.counters_reply is not None
+    # The client sent "hello from alice" (16 bytes) and got 70 back, over a handshake and an RST.
+    assert ct.counters_orig.packets >= 3
+    assert ct.counters_orig.bytes >= 16 + 3 * 40
+    assert ct.counters_reply.bytes >= 70 + 2 * 40
+    assert ct.start_ns is not None and ct.stop_ns is not None
+    assert 0 < ct.stop_ns - ct.start_ns < 120 * 10**9
+
+
+def test_icmp_and_udp_tuples() -> None:
+    [icmp] = decoded(1)
+    assert isinstance(icmp, Conntrack)
+    assert icmp.proto == "icmp"
+    assert icmp.orig.sport is None
+    assert (icmp.orig.icmp_type, icmp.orig.icmp_code) == (8, 0)
+    assert icmp.orig.icmp_id is not None
+    [udp] = decoded(4)
+    assert isinstance(udp, Conntrack)
+    assert (udp.proto, udp.orig.dport, udp.event) == ("udp", 5353, "new")
+    [udp_end] = decoded(5)
+    assert isinstance(udp_end, Conntrack)
+    assert udp_end.event == "destroy" and udp_end.counters_orig is not None
+
+
+def test_dump_entries_end_with_done() -> None:
+    entries = decoded(6)
+    assert all(isinstance(e, Conntrack) and e.event == "dump" for e in entries)
+    natted = [e for e in entries if isinstance(e, Conntrack) and e.source_natted]
+    not_natted = [e for e in entries if isinstance(e, Conntrack) and not e.source_natted]
+    # The client's SSH session to the router itself is not masqueraded; the rest are.
+    assert [e.orig.dst for e in not_natted] == ["10.77.0.2"]
+    assert len(natted) == 3
+    assert decoded(7) == [None]
+
+
+def test_dump_request_layout() -> None:
+    request = ctnetlink.dump_request(seq=7)
+    length, kind, flags, seq, _pid = struct.unpack_from("=IHHII", request)
+    assert length == len(request) == 20
+    assert kind == (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET
+    assert flags == 0x1 | 0x300
+    assert seq == 7
+    assert request[16] == socket.AF_INET
+
+
+def test_error_message_is_reported_not_raised() -> None:
+    message = struct.pack("=IHHII", 36, ctnetlink.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -1) + bytes(16)
+    assert list(ctnetlink.decode_datagram(message)) == [NetlinkError(1)]
+
+
+def test_truncated_datagram_raises_decode_error() -> None:
+    data = captured()[2][1]
+    with pytest.raises(DecodeError):
+        list(ctnetlink.decode_datagram(data[: len(data) - 10]))
+
+
+def test_attribute_length_past_the_end_raises() -> None:
+    good = captured()[0][1]
+    damaged = bytearray(good)
+    # The first attribute after nlmsghdr (16) and nfgenmsg (4): claim it is huge.
+    struct.pack_into("=H", damaged, 20, 0x7FF0)
+    with pytest.raises(DecodeError):
+        list(ctnetlink.decode_datagram(bytes(damaged)))
+
+
+@given(st.binary(max_size=400), st.integers(min_value=0, max_value=400))
+def test_arbitrary_damage_never_escapes_as_another_error(noise: bytes, cut: int) -> None:
+    for _, datagram in captured():
+        damaged = datagram[:cut] + noise
+        with contextlib.suppress(DecodeError):
+            list(ctnetlink.decode_datagram(damaged))

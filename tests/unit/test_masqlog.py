@@ -1,0 +1,348 @@
+"""`nattrail masqlog`: the logger's records from captured kernel events, its configuration, and the whole
+daemon against the real kernel inside a private network namespace (real SNAT, real conntrack events,
+a real ident exchange, a real receive-buffer overrun). This file is also that namespace's driver script
+(``python test_masqlog.py --netns-driver``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import netns_unavailable
+from test_ctnetlink import captured
+
+from nattrail import ctnetlink, masqlog
+from nattrail.ctnetlink import Conntrack
+from nattrail.jsonlog import JsonLog
+from nattrail.masqlog import Config, ConfigError, MasqLogger, build_config
+
+SRC = Path(masqlog.__file__).resolve().parents[1]
+NOW = datetime(2026, 11, 21, 3, 12, 0, tzinfo=UTC)
+
+
+def events() -> list[Conntrack]:
+    out = []
+    for _, datagram in captured():
+        out.extend(item for item in ctnetlink.decode_datagram(datagram) if isinstance(item, Conntrack))
+    return out
+
+
+def make_logger(**settings: Any) -> tuple[MasqLogger, io.StringIO]:
+    stream = io.StringIO()
+    config = replace(Config(), ident=False, **settings)
+    logger = MasqLogger(config, JsonLog(stream=stream, fields={"daemon": "masqlog"}), clock=lambda: NOW)
+    return logger, stream
+
+
+def records(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_open_and_close_records_from_captured_events() -> None:
+    logger, stream = make_logger()
+    tcp_new, _icmp, tcp_end = events()[:3]
+    logger.handle(tcp_new)
+    logger.handle(tcp_end)
+    logger.flush()
+    opened, closed = records(stream)
+    assert opened["event"] == "open"
+    assert opened["daemon"] == "masqlog"
+    expected = {
+        "proto": "tcp",
+        "client_ip": "10.77.0.10",
+        "client_port": 37202,
+        "server_ip": "203.0.113.10",
+        "server_port": 31337,
+        "masq_ip": "203.0.113.2",
+        "masq_port": 37202,
+        "ct_id": tcp_new.ct_id,
+    }
+    assert expected.items() <= opened.items()
+    assert opened["opened"] == "2026-11-21T03:12:00.000000Z"
+    assert closed["event"] == "close"
+    assert expected.items() <= closed.items()
+    # Start and end come from the kernel's conntrack timestamps, not from when we heard of them.
+    assert closed["opened"] != opened["opened"]
+    assert closed["duration"] == pytest.approx((tcp_end.stop_ns - tcp_end.start_ns) / 1e9, abs=1e-6)
+    assert closed["orig_bytes"] == tcp_end.counters_orig.bytes
+    assert closed["reply_packets"] == tcp_end.counters_reply.packets
+    assert logger.tracked == {}
+
+
+def test_only_configured_protocols_and_only_source_nat() -> None:
+    logger, stream = make_logger()
+    for ct in events():
+        logger.handle(ct)
+    logger.flush()
+    assert {r["proto"] for r in records(stream)} == {"tcp"}
+    logger, stream = make_logger(protocols=("tcp", "udp", "icmp"))
+    for ct in events():
+        logger.handle(ct)
+    logger.flush()
+    logged = records(stream)
+    assert {r["proto"] for r in logged} == {"tcp", "udp", "icmp"}
+    icmp = next(r for r in logged if r["proto"] == "icmp")
+    assert icmp["client_port"] is None and icmp["icmp_type"] == 8
+    # The dump holds the client's SSH session to the router itself: not source-NATed, never logged.
+    assert all(r["server_ip"] != "10.77.0.2" for r in logged)
+
+
+def test_resync_learns_opens_and_closes_what_vanished() -> None:
+    logger, stream = make_logger()
+    everything = events()
+    tcp_new = everything[0]
+    dump = [ct for ct in everything if ct.event == "dump"]
+    logger.handle(tcp_new)  # believed open, but absent from the dump: it closed during the gap
+    logger.events_lost()
+    logger.resync(dump)
+    logger.resync(dump)  # a second resync learns nothing new
+    logger.flush()
+    logged = records(stream)
+    assert [r["event"] for r in logged][:2] == ["open", "events_lost"]
+    learnt = [r for r in logged if r["event"] == "open" and r.get("resync")]
+    assert len(learnt) == 2  # the dump's UDP entry is not logged: only TCP is configured
+    assert all(r["opened"] is not None for r in learnt)  # the kernel's start timestamps
+    lost = [r for r in logged if r["event"] == "close"]
+    assert len(lost) == 1
+    assert lost[0]["lost"] is True and lost[0]["masq_port"] == 37202
+    resyncs = [r for r in logged if r["event"] == "resync"]
+    assert [(r["learnt"], r["closed_in_gap"]) for r in resyncs] == [(2, 1), (0, 0)]
+    assert logged[1]["level"] == "warning"
+
+
+def test_config_validation_names_the_setting() -> None:
+    assert build_config({"protocols": ["tcp", "udp"], "ident_timeout": 2}).ident_timeout == 2.0
+    cases = {
+        "bogus": ({"bogus": 1}, "unknown settings: bogus"),
+        "proto": ({"protocols": ["tcp", "sctp"]}, "protocols: unknown ['sctp']"),
+        "empty": ({"protocols": []}, "protocols: expected a non-empty list"),
+        "bool": ({"ident": "yes"}, "ident: expected true or false"),
+        "negative": ({"ident_timeout": -1}, "ident_timeout: must be a number above 0"),
+        "float-int": ({"ident_max_concurrent": 1.5}, "ident_max_concurrent: expected an integer"),
+        "port": ({"ident_port": 70000}, "ident_port: must be a port number"),
+        "log": ({"log": ""}, "log: expected a non-empty string"),
+    }
+    for name, (data, message) in cases.items():
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            build_config(data)
+        assert name
+
+
+def test_cli_check_reports_bad_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nattrail.cli import main  # noqa: PLC0415
+
+    path = tmp_path / "masqlog.json"
+    path.write_text('{"protocols": ["tcp"], "ident_rate": 0}')
+    assert main(["masqlog", "--config", str(path), "--check"]) == 2
+    assert f"{path}: ident_rate: must be a number above 0" in capsys.readouterr().err
+    path.write_text('{"protocols": ["tcp", "udp"]}')
+    assert main(["masqlog", "--config", str(path), "--check"]) == 0
+    assert json.loads(capsys.readouterr().out)["protocols"] == ["tcp", "udp"]
+
+
+# --- the whole daemon against the real kernel ------------------------------------------------------------
+
+
+def test_daemon_in_a_network_namespace(tmp_path: Path) -> None:
+    reason = netns_unavailable("ip")
+    if reason:
+        pytest.skip(f"SKIPPED LOUDLY: masqlog against the real kernel is untested here: {reason}")
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, __file__, "--netns-driver", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(SRC), "PARENT_NETNS": os.readlink("/proc/self/ns/net")},
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+
+    logged = [json.loads(line) for line in (tmp_path / "masq.log").read_text().splitlines()]
+    by_port: dict[int, list[dict[str, Any]]] = {}
+    for record in logged:
+        by_port.setdefault(record.get("client_port"), []).append(record)
+
+    alice = {r["event"]: r for r in by_port[report["alice_port"]]}
+    assert set(alice) == {"open", "ident", "close"}
+    assert alice["open"]["masq_ip"] == "127.0.0.2" and alice["open"]["server_port"] == report["server_port"]
+    assert alice["ident"]["user"] == "alice" and alice["ident"]["ident_error"] is None
+    # Payload both ways, plus headers: the counters come from nf_conntrack_acct.
+    assert alice["close"]["orig_bytes"] >= 300 and alice["close"]["reply_bytes"] >= 200
+    assert alice["close"]["duration"] > 0
+    assert len({r["ct_id"] for r in alice.values()}) == 1
+
+    # Closed before the query arrived: the client's identd knows no such connection.
+    gone = {r["event"]: r for r in by_port[report["gone_port"]]}
+    assert gone["ident"]["user"] is None and gone["ident"]["ident_error"] == "ERROR:NO-USER"
+
+    udp = [r for r in by_port[report["udp_port"]] if r["event"] == "open"]
+    assert udp and udp[0]["proto"] == "udp"
+    assert not any(r["event"] == "ident" for r in by_port[report["udp_port"]])
+
+    # The overrun: written down, then every connection open across the gap is known again.
+    lost = [r for r in logged if r["event"] == "events_lost"]
+    assert lost, "the tiny receive buffer should have overflowed"
+    assert any(r["event"] == "resync" for r in logged[logged.index(lost[0]) :])
+    known = {r.get("client_port") for r in logged if r["event"] == "open"}
+    assert set(report["flood_ports"]) <= known
+    assert any(r.get("resync") for r in logged if r.get("client_port") in report["flood_ports"])
+    assert logged[-1]["event"] == "stop"
+    for line in (tmp_path / "masq.log").read_text().splitlines():
+        json.loads(line)  # every line whole
+
+
+class FakeIdentd:
+    """An identd on 127.0.0.1 that knows the users of the connections the driver registered."""
+
+    def __init__(self) -> None:
+        self.users: dict[int, str] = {}
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readline()).decode()
+        client_port, server_port = (int(p) for p in line.split(","))
+        user = self.users.get(client_port)
+        answer = "USERID : UNIX : " + user if user else "ERROR : NO-USER"
+        writer.write(f"{client_port} , {server_port} : {answer}\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+
+def connect(
+    port: int, payload: bytes = b"", linger0: bool = False, user: tuple[FakeIdentd, str] | None = None
+) -> socket.socket:
+    sock = socket.socket()
+    sock.settimeout(5)
+    sock.bind(("127.0.0.1", 0))
+    if user is not None:  # known to the identd before the router can ask
+        user[0].users[sock.getsockname()[1]] = user[1]
+    sock.connect(("127.0.0.3", port))
+    if linger0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    if payload:
+        sock.sendall(payload)
+    return sock
+
+
+async def wait_for(path: Path, predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        if predicate(lines):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting on {path}")
+
+
+async def netns_scenario(tmp: Path) -> dict[str, Any]:
+    identd = FakeIdentd()
+    ident_server = await asyncio.start_server(identd.handle, "127.0.0.1", 1113)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(300)
+        writer.write(b"r" * 200)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "0.0.0.0", 7000, backlog=1024)
+    path = tmp / "masq.log"
+    # A small receive buffer, so that blocking the loop below overruns it.
+    config = Config(
+        log=str(path),
+        protocols=("tcp", "udp"),
+        ident_port=1113,
+        ident_timeout=3,
+        rcvbuf=16384,
+        reap_interval=0.5,
+    )
+    log = JsonLog(config.log, fields={"daemon": "masqlog"})
+    daemon = asyncio.create_task(masqlog.run(config, log=log))
+    await wait_for(path, lambda lines: any(r["event"] == "resync" for r in lines))
+    loop = asyncio.get_running_loop()
+
+    def alice() -> int:
+        sock = connect(7000, b"a" * 300, user=(identd, "alice"))
+        port = sock.getsockname()[1]
+        sock.recv(200)
+        time.sleep(0.5)  # the ident query happens while the connection is up
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        return port
+
+    alice_port = await loop.run_in_executor(None, alice)
+    gone = connect(7000, linger0=True)
+    gone_port = gone.getsockname()[1]
+    gone.close()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.sendto(b"x", ("127.0.0.3", 7001))
+    udp_port = udp.getsockname()[1]
+    udp.close()
+    await wait_for(
+        path, lambda lines: any(r["event"] == "close" and r["client_port"] == alice_port for r in lines)
+    )
+
+    # Block the loop while 300 connections open: the kernel overruns the 16 KiB buffer.
+    flood: list[socket.socket] = []
+    opener = threading.Thread(target=lambda: flood.extend(connect(7000) for _ in range(300)))
+    opener.start()
+    time.sleep(1.5)
+    opener.join()
+    flood_ports = [s.getsockname()[1] for s in flood]
+    await wait_for(path, lambda lines: any(r["event"] == "resync" and r["learnt"] > 0 for r in lines))
+    os.kill(os.getpid(), signal.SIGTERM)
+    await daemon
+    for sock in flood:
+        sock.close()
+    server.close()
+    ident_server.close()
+    log.close()
+    return {
+        "alice_port": alice_port,
+        "gone_port": gone_port,
+        "udp_port": udp_port,
+        "server_port": 7000,
+        "flood_ports": flood_ports,
+    }
+
+
+def netns_driver(tmp: Path) -> None:
+    """Runs inside ``unshare --net``: SNAT and sysctls here never touch the host."""
+    if os.readlink("/proc/self/ns/net") == os.environ.get("PARENT_NETNS", os.readlink("/proc/self/ns/net")):
+        raise SystemExit("refusing to load nft rules: not inside a private network namespace")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for name, value in (("nf_conntrack_acct", 1), ("nf_conntrack_timestamp", 1),
+                        ("nf_conntrack_tcp_timeout_close", 1)):  # fmt: skip
+        Path(f"/proc/sys/net/netfilter/{name}").write_text(f"{value}\n")
+    # Source NAT on loopback: connections to 127.0.0.3 leave as 127.0.0.2, so conntrack marks them
+    # source-NATed exactly as a masquerade on a router does.
+    subprocess.run(
+        ["nft", "-f", "-"],
+        input="table ip t {\n  chain post {\n    type nat hook postrouting priority 100;\n"
+        "    ip daddr 127.0.0.3 snat to 127.0.0.2\n  }\n}\n",
+        text=True,
+        check=True,
+    )
+    report = asyncio.run(asyncio.wait_for(netns_scenario(tmp), 90))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["--netns-driver"] or len(sys.argv) != 3:
+        raise SystemExit("usage: test_masqlog.py --netns-driver DIR (inside unshare --net)")
+    netns_driver(Path(sys.argv[2]))
