@@ -33,13 +33,29 @@ DEFAULT_LOG = "/var/log/nattrail/masq.log"
 PROTOS: tuple[str, ...] = ("tcp", "udp", "icmp", "any")
 CONNECTION_EVENTS: frozenset[str] = frozenset({"open", "ident", "close"})
 # Known events this command has no use for; anything else is counted as unknown.
-OTHER_EVENTS: frozenset[str] = frozenset({"resync", "ident_skips"})
-LIFECYCLE_EVENTS: frozenset[str] = frozenset({"start", "stop"})
+OTHER_EVENTS: frozenset[str] = frozenset({"ident_skips"})
+# "resync" (without "open") summarises a table dump; after a start it tells which connections survived.
+LIFECYCLE_EVENTS: frozenset[str] = frozenset({"start", "stop", "resync"})
 KEPT_EVENTS: frozenset[str] = CONNECTION_EVENTS | LIFECYCLE_EVENTS | {"events_lost"}
-EVENT_ORDER: dict[str, int] = {"start": 0, "open": 1, "ident": 2, "close": 3, "events_lost": 4, "stop": 5}
-# The kernel's start timestamp of one connection, as seen by its open and its close records, may differ
-# by rounding; a real reuse of the same conntrack id and tuple needs a reboot, i.e. far more than this.
-SAME_START = timedelta(seconds=2)
+EVENT_ORDER: dict[str, int] = {
+    "start": 0,
+    "open": 1,
+    "ident": 2,
+    "close": 3,
+    "resync": 4,
+    "events_lost": 5,
+    "stop": 6,
+}
+# Records whose event is one of these are parsed even though they carry no port (compact files: the
+# event name is within the first bytes of the line, right after "ts" and "level").
+SPECIAL_EVENTS: tuple[bytes, ...] = tuple(
+    f'{name}"'.encode() for name in ("events_lost", "start", "stop", "resync")
+)
+EVENT_FIELD = b'"event":"'
+# An open's "opened" is the logger's clock when the event arrived, a close's or a table dump's is the
+# kernel's start time: the same connection may differ by the event delay. A real reuse of the same
+# conntrack id and tuple needs a reboot, i.e. far more than this.
+SAME_START = timedelta(seconds=30)
 UNITS: dict[str, int] = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW = timedelta(days=3660)
 AT_PATTERN = re.compile(
@@ -361,13 +377,11 @@ class Scanner:
                 probe = self._probe(line)
                 if probe is not None:
                     self.scan.see(*probe)
-            handled = (
-                not compact
-                or needle_a in line
-                or needle_b in line
-                or b'"event":"events_lost"' in line
-                or b'"event":"st' in line  # start, stop
-            )
+            if not compact or needle_a in line or needle_b in line:
+                handled = True
+            else:
+                event_at = line.find(EVENT_FIELD, 0, 96)
+                handled = event_at > 0 and line.startswith(SPECIAL_EVENTS, event_at + len(EVENT_FIELD))
             if handled:
                 self._take(line, label, lineno, prev)
             before, prev = prev, line
@@ -495,13 +509,16 @@ class Connection:
     duration: float | None = None
     counters: dict[str, int | None] = field(default_factory=dict)
     resync: bool = False
-    open_logged: bool = False
+    open_logged: bool = False  # a live open, not only a table dump's
     close_logged: bool = False
     ident_logged: bool = False
     user: str | None = None
     ident_error: str | None = None
     ident_os: str | None = None
-    ended_by: datetime | None = None  # a later connection took the same address pair at this time
+    close_lost: bool = False  # closed by a table dump after lost events: the real close was earlier
+    relearnt: list[datetime] = field(default_factory=list)  # times of table dumps that listed it
+    ended_by: datetime | None = None  # known to be gone by then, although no close was logged
+    ended_why: str = ""
     records: list[str] = field(default_factory=list)
 
     def reply_tuple(self) -> Key:
@@ -567,19 +584,15 @@ def join(records: Iterable[Record]) -> list[Connection]:
                     conn = None
             if conn is None:
                 conn = new(record, key)
-            conn.open_logged = True
+            conn.open_logged = conn.open_logged or not resync
             conn.resync = conn.resync or resync
+            if resync:
+                conn.relearnt.append(record.ts)
             conn.opened = conn.opened or opened
             conn.records.append(f"{record.where} {'resync' if resync else 'open'}")
         elif record.event == "ident":
             # The answer may come after the close (timeouts), so the latest connection of the key it is.
-            conn = same_key[-1] if same_key else new(record, key)
-            conn.ident_logged = True
-            user, error, ident_os = data.get("user"), data.get("ident_error"), data.get("ident_os")
-            conn.user = user if isinstance(user, str) else None
-            conn.ident_error = error if isinstance(error, str) else None
-            conn.ident_os = ident_os if isinstance(ident_os, str) else None
-            conn.records.append(f"{record.where} ident")
+            _ident(same_key[-1] if same_key else new(record, key), record)
         else:
             opened = _record_time(data.get("opened"))
             closed = _record_time(data.get("closed")) or record.ts
@@ -593,23 +606,43 @@ def join(records: Iterable[Record]) -> list[Connection]:
                 ),
                 None,
             )
-            if conn is None:
-                conn = new(record, key)
-            conn.close_logged = True
-            conn.opened = conn.opened or opened
-            conn.closed = closed
-            duration = data.get("duration")
-            if isinstance(duration, int | float) and not isinstance(duration, bool):
-                conn.duration = float(duration)
-            elif conn.opened is not None:
-                conn.duration = (closed - conn.opened).total_seconds()
-            conn.counters = {name: _int_or_none(data.get(name)) for name in COUNTER_FIELDS}
-            conn.records.append(f"{record.where} close")
-    _bound_unclosed(connections)
+            _close(conn or new(record, key), record, opened, closed)
+    _bound_by_reuse(connections)
+    _bound_by_restarts(connections, records)
     return connections
 
 
-def _bound_unclosed(connections: Sequence[Connection]) -> None:
+def _ident(conn: Connection, record: Record) -> None:
+    data = record.data
+    conn.ident_logged = True
+    user, error, ident_os = data.get("user"), data.get("ident_error"), data.get("ident_os")
+    conn.user = user if isinstance(user, str) else None
+    conn.ident_error = error if isinstance(error, str) else None
+    conn.ident_os = ident_os if isinstance(ident_os, str) else None
+    conn.records.append(f"{record.where} ident")
+
+
+def _close(conn: Connection, record: Record, opened: datetime | None, closed: datetime) -> None:
+    data = record.data
+    conn.close_logged = True
+    conn.opened = conn.opened or opened
+    conn.closed = closed
+    duration = data.get("duration")
+    if isinstance(duration, int | float) and not isinstance(duration, bool):
+        conn.duration = float(duration)
+    elif conn.opened is not None and not data.get("lost"):
+        conn.duration = (closed - conn.opened).total_seconds()
+    conn.counters = {name: _int_or_none(data.get(name)) for name in COUNTER_FIELDS}
+    conn.close_lost = data.get("lost") is True
+    conn.records.append(f"{record.where} {'close (lost)' if conn.close_lost else 'close'}")
+
+
+def _ended_by(conn: Connection, moment: datetime, why: str) -> None:
+    if conn.ended_by is None or moment < conn.ended_by:
+        conn.ended_by, conn.ended_why = moment, why
+
+
+def _bound_by_reuse(connections: Sequence[Connection]) -> None:
     """A connection without a close ended before another one took its address pair.
 
     Conntrack never holds two entries with the same reply tuple, so the later open proves the earlier
@@ -624,7 +657,36 @@ def _bound_unclosed(connections: Sequence[Connection]) -> None:
             continue
         later = [t for t in starts.get(conn.reply_tuple(), []) if t > conn.first_seen]
         if later:
-            conn.ended_by = min(later)
+            _ended_by(conn, min(later), "when another connection took the same address pair")
+
+
+def restart_dumps(records: Iterable[Record]) -> list[tuple[datetime, datetime]]:
+    """(start, dump) for each logger start followed by its table dump (a "resync" record)."""
+    pairs = []
+    started: datetime | None = None
+    for record in sorted(records, key=lambda r: (r.ts, EVENT_ORDER.get(r.event, 9), r.seq)):
+        if record.event == "start":
+            started = record.ts
+        elif record.event == "stop":
+            started = None
+        elif record.event == "resync" and started is not None:
+            pairs.append((started, record.ts))
+            started = None
+    return pairs
+
+
+def _bound_by_restarts(connections: Sequence[Connection], records: Iterable[Record]) -> None:
+    """A connection open before the logger (re)started, and missing from the dump of the table it logs
+    right after starting, was gone by that dump: the reboot or the downtime ended it unseen."""
+    dumps = restart_dumps(records)
+    for conn in connections:
+        if conn.closed is not None:
+            continue
+        for started, dumped in dumps:
+            if conn.first_seen < started and not any(t >= started for t in conn.relearnt):
+                why = f"as the table dump after the logger started at {format_time(started)} did not list it"
+                _ended_by(conn, dumped, why)
+                break
 
 
 # --- selecting ----------------------------------------------------------------------------------------
@@ -660,18 +722,19 @@ def select(
         start = conn.opened
         if start is None:
             start = first
-            why = "re-learnt after lost events (resync)" if conn.resync else "its open was not logged"
+            why = "learnt from a table dump (resync)" if conn.resync else "its open was not logged"
             notes.append(f"start unknown ({why}); taken as the start of the logs, {format_time(first)}")
-        elif conn.resync:
-            notes.append("re-learnt after lost events (resync); opened is the kernel's start time")
+        elif conn.resync and not conn.open_logged:
+            notes.append("re-learnt from a table dump (resync); opened is the kernel's start time")
+        if conn.close_lost:
+            notes.append(
+                "its close event was lost: closed is when a table dump no longer listed it, it ended earlier"
+            )
         stop = conn.closed
         if stop is None:
             if conn.ended_by is not None and conn.ended_by < end:
                 stop = conn.ended_by
-                notes.append(
-                    f"no close logged; ended by {format_time(stop)}, when another connection "
-                    "took the same address pair"
-                )
+                notes.append(f"no close logged; ended by {format_time(stop)}, {conn.ended_why}")
             else:
                 stop = end
                 notes.append(f"no close logged; {end_note}")
@@ -701,7 +764,7 @@ def _coverage(scan: Scan, query: Query, now: datetime) -> tuple[datetime, str, l
             "older connections are not in them (rotated away?)"
         )
     lifecycle = sorted(
-        (r for r in scan.records if r.event in LIFECYCLE_EVENTS), key=lambda r: (r.ts, EVENT_ORDER[r.event])
+        (r for r in scan.records if r.event in ("start", "stop")), key=lambda r: (r.ts, EVENT_ORDER[r.event])
     )
     gaps = list(scan.gaps)
     stopped: datetime | None = None

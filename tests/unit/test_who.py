@@ -255,6 +255,56 @@ def test_same_ct_id_after_reboot_is_a_separate_connection(
     assert "the logger restarted without logging a stop between" in out
 
 
+def test_restart_ends_connections_its_table_dump_no_longer_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    survivor = conn(ct_id=9, client_ip="10.77.0.12", client_port=40009, server_ip="198.51.100.7")
+    log = write_logs(
+        tmp_path,
+        {
+            "masq.log.1": [
+                rec(z("00:00"), "start"),
+                opened("01:00", ALICE),
+                ident("01:00:01", ALICE),
+                opened("01:30", survivor),
+                rec(z("02:00"), "stop"),
+            ],
+            "masq.log": [
+                rec(z("02:30"), "start"),
+                # The dump right after the start lists what is still open; the kernel's start time may
+                # differ from the logger's by the event delay.
+                opened("01:30:00.4", survivor, at=z("02:30:00.1"), resync=True),
+                rec(z("02:30:00.2"), "resync", open=1, learnt=1, closed_in_gap=0),
+            ],
+        },
+    )
+    status, out, _ = run(capsys, log, "--masq-port", "666", "--at", "2026-11-21 03:00Z", "--window", "2h")
+    assert status == 0
+    first, second = blocks(out)
+    assert first.startswith("10.77.0.12:40009") and "<- open at" in first
+    assert "log: masq.log.1:4 open, masq.log:2 resync" in first
+    assert second.startswith("10.77.0.10:40001") and "<- open at" not in second
+    assert (
+        "ended by 2026-11-21T02:30:00.200000Z, as the table dump after the logger started at "
+        "2026-11-21T02:30:00Z did not list it"
+    ) in second
+    assert "warning: the logger was not running between 2026-11-21T02:00:00Z and 2026-11-21T02:30:00Z" in out
+
+
+def test_close_found_by_a_table_dump_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gone = rec(
+        z("03:20"), "close", **ALICE, opened=z("03:10"), closed=z("03:20"), duration=None,
+        orig_packets=None, orig_bytes=None, reply_packets=None, reply_bytes=None, lost=True,
+    )  # fmt: skip
+    log = write_logs(tmp_path, {"masq.log": [opened("03:10", ALICE), rec(z("03:19"), "events_lost"), gone]})
+    status, out, _ = run(capsys, log, "--masq-port", "666", "--at", "2026-11-21 03:12Z", "--window", "10m")
+    assert status == 0
+    (block,) = blocks(out)
+    assert "duration -" in block and "masq.log:3 close (lost)" in block
+    assert "note: its close event was lost" in block
+    assert "warning: the kernel dropped connection events (masq.log:2)" in out
+
+
 def test_close_without_open(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = write_logs(tmp_path, {"masq.log": [rec(z("03:00"), "start"), closed("03:05", "03:15", ALICE)]})
     status, out, _ = run(capsys, log, "--masq-port", "666", "--at", "2026-11-21 03:12Z")
