@@ -1,0 +1,235 @@
+"""The accountability trail, seen across hosts: users on the client open connections to the server
+through the router; the router's masquerade log names them, and `nattrail who` finds them again
+from the masquerader's port and a time alone."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+
+LOG = "/var/log/nattrail/masq.log"
+SERVER_PORT = 31337
+
+# On the server: accept connections, note each peer (the masquerader's address and port as the
+# server sees it), read the greeting, answer, and wait for the client to go.
+ACCEPTOR = """
+import socket, sys, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(64)
+def serve(c, peer):
+    with open(sys.argv[2], "a") as f:
+        f.write("%s:%d\\n" % peer)
+    try:
+        c.settimeout(30)
+        if c.recv(4096):
+            c.sendall(b"welcome " * 25)
+        while c.recv(4096):
+            pass
+    except OSError:
+        pass
+    c.close()
+while True:
+    c, peer = s.accept()
+    threading.Thread(target=serve, args=(c, peer), daemon=True).start()
+"""
+
+# On the client, run as a given user: connect, talk, hold, then reset (an RST close ends the
+# conntrack entry 10 s later instead of after TIME_WAIT's 120 s); print the local port.
+CLIENT = """
+import socket, struct, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print(s.getsockname()[1], flush=True)
+hold = float(sys.argv[3])
+if hold > 0:
+    s.sendall(b"hello from the inside " * 10)
+    s.recv(4096)
+    time.sleep(hold)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+"""
+
+# Replaces oidentd on the client: each query gets the next of a set of hostile answers.
+HOSTILE_IDENTD = r"""
+import socket, threading, time
+answers = [
+    lambda q: b"A" * 10240,                                           # 10 KB, no line end
+    # control characters, an ANSI escape, U+2028 and bad UTF-8 in the user
+    lambda q: q + b" : USERID : UNIX : ev\x1b[31mil\x00us\x07er\xe2\x80\xa8x\xff\xfe\r\n",
+    lambda q: b"\x00\x01garbage\x7f no colons at all\r\n",             # malformed
+    lambda q: None,                                                   # never answers
+]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 113))
+s.listen(16)
+n = 0
+def serve(c, answer):
+    q = c.recv(100).strip()
+    reply = answer(q)
+    if reply is None:
+        time.sleep(30)
+    else:
+        c.sendall(reply)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c, answers[n % len(answers)]), daemon=True).start()
+    n += 1
+"""
+
+
+def log_records(router) -> list[dict]:
+    return [json.loads(line) for line in router.check(f"cat {LOG}").splitlines()]
+
+
+def wait_records(router, client_port: int, events: set[str], timeout: float = 45.0) -> dict[str, dict]:
+    """The router's records for the connection from ``client_port``, once all of ``events`` are in."""
+    deadline = time.monotonic() + timeout
+    found: dict[str, dict] = {}
+    while time.monotonic() < deadline:
+        found = {r["event"]: r for r in log_records(router) if r.get("client_port") == client_port}
+        if events <= found.keys():
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"router log for client port {client_port}: wanted {sorted(events)}, got {found}")
+
+
+@pytest.fixture(scope="module")
+def acceptor(lab) -> Iterator[str]:
+    server = lab["server"]
+    peers = f"/run/nt-test-acceptor-{SERVER_PORT}"
+    unit = server.background(ACCEPTOR, str(SERVER_PORT), peers)
+    server.wait_output(f"ss -Hltn 'sport = :{SERVER_PORT}'")
+    yield peers
+    server.run(f"systemctl stop {unit}")
+
+
+def connect_as(lab, user: str, hold: float = 1.0) -> int:
+    command = f"python3 -c {shlex.quote(CLIENT)} 203.0.113.10 {SERVER_PORT} {hold}"
+    out = lab["client"].check(f"su {user} -c {shlex.quote(command)}")
+    return int(out.split()[0])
+
+
+def test_alice_is_logged_with_her_connection_and_its_bytes(lab, acceptor):
+    port = connect_as(lab, "alice")
+    records = wait_records(lab["router"], port, {"open", "ident", "close"})
+    opened, ident, closed = records["open"], records["ident"], records["close"]
+    assert (opened["client_ip"], opened["server_ip"]) == ("10.77.0.10", "203.0.113.10")
+    assert opened["server_port"] == SERVER_PORT
+    assert opened["masq_ip"] == "203.0.113.2"
+    # The server saw the masquerader's address and port that the router logged.
+    assert f"203.0.113.2:{opened['masq_port']}" in lab["server"].check(f"cat {acceptor}").split()
+    assert ident["user"] == "alice" and ident["ident_error"] is None
+    assert opened["ct_id"] == ident["ct_id"] == closed["ct_id"]
+    # 220 bytes of greeting and 200 of answer, plus headers, counted by conntrack.
+    assert closed["orig_bytes"] > 220 and closed["reply_bytes"] > 200
+    assert closed["orig_packets"] >= 3 and closed["reply_packets"] >= 2
+    assert closed["duration"] >= 1.0
+
+
+def test_bob_is_logged_as_bob(lab, acceptor):
+    port = connect_as(lab, "bob", hold=0.5)
+    assert wait_records(lab["router"], port, {"ident"})["ident"]["user"] == "bob"
+
+
+def test_a_connection_closed_at_once_logs_an_ident_error(lab, acceptor):
+    router = lab["router"]
+    pid = router.check("systemctl show -p MainPID --value nattrail-masqlog").strip()
+    port = connect_as(lab, "alice", hold=0)
+    ident = wait_records(router, port, {"open", "ident"})["ident"]
+    assert ident["user"] is None
+    assert ident["ident_error"]  # the client's identd no longer knows the connection
+    assert router.check("systemctl show -p MainPID --value nattrail-masqlog").strip() == pid
+
+
+def test_udp_is_logged_without_ident(lab):
+    out = lab["client"].check(
+        'python3 -c "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); '
+        "s.sendto(b'q', ('203.0.113.10', 5353)); print(s.getsockname()[1])\""
+    )
+    records = wait_records(lab["router"], int(out), {"open"})
+    assert records["open"]["proto"] == "udp"
+    assert "ident" not in records
+
+
+def test_who_names_alice_from_the_masquerader_port_and_time_alone(lab, acceptor):
+    port = connect_as(lab, "alice")
+    opened = wait_records(lab["router"], port, {"open", "ident"})["open"]
+    # The remote admin's report: our address, a source port, a time to the second (in UTC here),
+    # a little after the connection opened.
+    when = datetime.strptime(opened["opened"], "%Y-%m-%dT%H:%M:%S.%fZ") + timedelta(milliseconds=1500)
+    at = when.strftime("%Y-%m-%d %H:%M:%SZ")
+    who = f"nattrail who --masq-port {opened['masq_port']} --at '{at}'"
+    text = lab["router"].check(who)
+    assert "user alice" in text
+    assert f"10.77.0.10:{port}" in text
+    report = json.loads(lab["router"].check(f"{who} --json"))
+    [hit] = [m for m in report["matches"] if m["open_at_time"]]
+    assert hit["user"] == "alice"
+    nothing = lab["router"].run("nattrail who --masq-port 9 --at '2000-01-01 00:00Z'")
+    assert nothing.rc == 1
+
+
+def test_a_hostile_identd_does_not_corrupt_the_log(lab, acceptor):
+    client, router = lab["client"], lab["router"]
+    pid = router.check("systemctl show -p MainPID --value nattrail-masqlog").strip()
+    client.check("systemctl stop oidentd")
+    unit = client.background(HOSTILE_IDENTD)
+    try:
+        client.wait_output("ss -Hltn 'sport = :113'")
+        ports = [connect_as(lab, "alice", hold=0.5) for _ in range(4)]
+        idents = [wait_records(router, p, {"ident"})["ident"] for p in ports]
+    finally:
+        client.run(f"systemctl stop {unit}")
+        client.check("systemctl start oidentd")
+    errors = [i["ident_error"] for i in idents]
+    assert errors[0] == "oversized"
+    assert errors[2] == "malformed"
+    assert errors[3] == "timeout"
+    # The control characters are gone; what is left is printable and on one line.
+    user = idents[1]["user"]
+    assert user is not None and user.isprintable() and "\x1b" not in user and "evil" in user
+    text = router.check(f"cat {LOG}")
+    for line in text.splitlines():
+        json.loads(line)
+    assert router.check("systemctl show -p MainPID --value nattrail-masqlog").strip() == pid
+
+
+def test_logrotate_makes_the_daemon_reopen_and_nothing_is_lost(lab, acceptor):
+    router = lab["router"]
+    pid = router.check("systemctl show -p MainPID --value nattrail-masqlog").strip()
+    before = len(log_records(router))
+    router.check("logrotate -f /etc/logrotate.d/nattrail-masqlog")
+    port = connect_as(lab, "bob", hold=0.5)
+    records = wait_records(router, port, {"open", "ident"})
+    assert records["ident"]["user"] == "bob"
+    rotated = [json.loads(line) for line in router.check(f"cat {LOG}.1").splitlines()]
+    assert len(rotated) >= before  # everything written before the rotation is in the rotated file
+    assert any(r["event"] == "reopened" for r in log_records(router))
+    assert router.check("systemctl show -p MainPID --value nattrail-masqlog").strip() == pid
+
+
+def test_records_are_copied_to_syslog(lab, acceptor):
+    port = connect_as(lab, "alice", hold=0.5)
+    wait_records(lab["router"], port, {"open"})
+    journal = lab["router"].wait_output(
+        f"journalctl -q -t nattrail-masqlog --no-pager | grep '\"client_port\":{port},'"
+    )
+    assert '"event":"open"' in journal
+
+
+def test_the_daemon_runs_unprivileged_with_only_net_admin(lab):
+    router = lab["router"]
+    pid = router.check("systemctl show -p MainPID --value nattrail-masqlog").strip()
+    status = router.check(f"cat /proc/{pid}/status")
+    fields = dict(line.split(":", 1) for line in status.splitlines())
+    uid = fields["Uid"].split()[0]
+    assert router.check(f"getent passwd {uid}").startswith("nattrail-masqlog:")
+    assert int(fields["CapEff"].strip(), 16) == 1 << 12  # CAP_NET_ADMIN and nothing else
