@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Show the converged lab working: a connection from the client reaches the server masqueraded.
+# Show the converged lab working: a connection alice opens on the client reaches the server
+# masqueraded, and the router's masquerade log names her from the port and time the server saw.
 set -euo pipefail
 
 prefix=nattrail-
@@ -22,11 +23,12 @@ c, peer = s.accept(); open("/run/nattrail-demo-peer", "w").write("%s:%d" % peer)
 c.recv(100); c.close()'
 for _ in $(seq 50); do on server ss -Hltn "sport = :$port" | grep -q . && break; sleep 0.1; done
 
-say "2. The client (10.77.0.10) connects to the server through the router."
-on client python3 -c '
-import socket, time
-s = socket.create_connection(("'"$server"'", '"$port"'), timeout=5)
-print("client: connected from %s:%d" % s.getsockname()); s.sendall(b"hi"); time.sleep(1); s.close()'
+say "2. alice, on the client (10.77.0.10), connects to the server through the router."
+client_py="import socket, time
+s = socket.create_connection(('$server', $port), timeout=5)
+print('client: alice connected from %s:%d' % s.getsockname()); s.sendall(b'hi'); time.sleep(1); s.close()"
+on client su alice -c "python3 -c $(printf '%q' "$client_py")"
+when=$(date -u '+%Y-%m-%d %H:%M:%SZ')
 
 say "3. The server saw the router's outside address, not the client's:"
 for _ in $(seq 50); do on server test -s /run/nattrail-demo-peer && break; sleep 0.1; done
@@ -34,6 +36,16 @@ echo "server: peer was $(on server cat /run/nattrail-demo-peer)"
 
 say "4. The router's conntrack table holds both tuples of that connection:"
 on router conntrack -L -p tcp --dport "$port" 2>/dev/null | tail -n 3
+
+peer=$(on server cat /run/nattrail-demo-peer)
+masq_port=${peer##*:}
+say "5. The server's admin calls: \"it came from your ${peer%:*}, port $masq_port, at $when\"."
+echo "   On the router:  nattrail who --masq-port $masq_port --at '$when'"
+for _ in $(seq 100); do
+  on router grep -q "\"masq_port\":$masq_port,.*\"user\":\"alice\"" /var/log/nattrail/masq.log && break
+  sleep 0.1
+done
+on router nattrail who --masq-port "$masq_port" --at "$when"
 
 say "The lab is up. Get a shell on a host with:"
 for h in router client server scanner; do echo "  docker exec -it $prefix$h bash"; done
