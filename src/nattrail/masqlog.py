@@ -29,13 +29,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from nattrail import __version__, ctnetlink, ident
 from nattrail.ctnetlink import Conntrack, DecodeError
-from nattrail.jsonlog import JsonLog, utc_timestamp
+from nattrail.jsonlog import EpochStamp, JsonLog
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 READ_BUDGET = 512  # datagrams read per wake-up before the loop lets ident tasks and timers run
@@ -130,12 +129,6 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def ns_timestamp(ns: int | None) -> str | None:
-    if not ns:
-        return None
-    return utc_timestamp(datetime.fromtimestamp(ns / 1e9, UTC))
-
-
 def connection_fields(ct: Conntrack) -> dict[str, Any]:
     """Who talked to whom: the original tuple's source is the client; the reply tuple holds the
     server as actually reached (after any DNAT) and the masquerader's address and port."""
@@ -185,7 +178,7 @@ class MasqLogger:
     config: Config
     log: JsonLog
     query: IdentQuery = ident.query
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    clock_ns: Callable[[], int] = time.time_ns
     monotonic: Callable[[], float] = time.monotonic
     sink: Callable[[str], None] | None = None  # the optional syslog copy
     stats: Stats = field(default_factory=Stats)
@@ -201,6 +194,7 @@ class MasqLogger:
             max_clients=self.config.ident_max_clients,
         )
         self.protocols = frozenset(self.config.protocols)
+        self.stamp = EpochStamp()
 
     # --- output ------------------------------------------------------------------------------------
 
@@ -234,8 +228,9 @@ class MasqLogger:
     def _open(self, key: Key, ct: Conntrack, *, resync: bool) -> None:
         if key in self.tracked:
             return  # already known (a dump racing with its own NEW event)
-        now = self.clock()
-        opened = ns_timestamp(ct.start_ns) if resync else utc_timestamp(now)
+        # A dump entry may be old: its start is the kernel's timestamp, if the kernel keeps them.
+        start_ns = ct.start_ns if resync else self.clock_ns()
+        opened = self.stamp(start_ns) if start_ns else None
         if len(self.tracked) < self.config.max_tracked:
             self.tracked[key] = Tracked(opened, self.monotonic(), ct)
         else:
@@ -249,9 +244,11 @@ class MasqLogger:
 
     def _close(self, key: Key, ct: Conntrack) -> None:
         tracked = self.tracked.pop(key, None)
-        now = self.clock()
-        closed = ns_timestamp(ct.stop_ns) or utc_timestamp(now)
-        opened = ns_timestamp(ct.start_ns) or (tracked.opened if tracked else None)
+        closed = self.stamp(ct.stop_ns or self.clock_ns())
+        if ct.start_ns:
+            opened: str | None = self.stamp(ct.start_ns)
+        else:
+            opened = tracked.opened if tracked else None
         if ct.start_ns and ct.stop_ns:
             duration: float | None = round((ct.stop_ns - ct.start_ns) / 1e9, 6)
         elif tracked is not None:
@@ -333,7 +330,7 @@ class MasqLogger:
                 learnt += 1
                 self._open(key, ct, resync=True)
         gone = [key for key in self.tracked if key not in seen]
-        now = utc_timestamp(self.clock())
+        now = self.stamp(self.clock_ns())
         for key in gone:
             tracked = self.tracked.pop(key)
             self.stats.closes += 1

@@ -134,3 +134,41 @@ def test_arbitrary_damage_never_escapes_as_another_error(noise: bytes, cut: int)
         damaged = datagram[:cut] + noise
         with contextlib.suppress(DecodeError):
             list(ctnetlink.decode_datagram(damaged))
+
+
+def tuple_blocks() -> list[tuple[bytes, int, int]]:
+    """(message, start, end) of every orig/reply tuple in the captured conntrack messages."""
+    blocks = []
+    for _, datagram in captured():
+        pos = 0
+        while pos + 16 <= len(datagram):
+            length, kind = struct.unpack_from("=IH", datagram, pos)
+            if kind >> 8 == 1:
+                for attr, a, b in ctnetlink.iter_attrs(datagram, pos + 20, pos + length):
+                    if attr in (ctnetlink.CTA_TUPLE_ORIG, ctnetlink.CTA_TUPLE_REPLY):
+                        blocks.append((datagram, a, b))
+            pos += (length + 3) & ~3
+    return blocks
+
+
+def test_fast_tuple_path_agrees_with_the_general_walk() -> None:
+    fast_used = 0
+    for datagram, a, b in tuple_blocks():
+        walked = ctnetlink._walk_tuple(datagram, a, b)
+        fast = ctnetlink._fast_tuple(datagram, a, b)
+        if walked.proto in (6, 17):
+            assert fast == walked  # the kernel's TCP/UDP layout takes the fast path
+            fast_used += 1
+        else:
+            assert fast is None  # ICMP has no ports: the general walk
+    assert fast_used >= 10
+
+
+def test_fast_tuple_path_falls_back_on_an_unexpected_layout() -> None:
+    datagram, a, b = next(blk for blk in tuple_blocks() if ctnetlink._walk_tuple(*blk).proto == 6)
+    damaged = bytearray(datagram)
+    # Swap the order of source and destination address attributes: valid netlink, other layout.
+    src, dst = bytes(damaged[a + 4 : a + 12]), bytes(damaged[a + 12 : a + 20])
+    damaged[a + 4 : a + 12], damaged[a + 12 : a + 20] = dst, src
+    assert ctnetlink._fast_tuple(bytes(damaged), a, b) is None
+    assert ctnetlink.decode_tuple(bytes(damaged), a, b) == ctnetlink._walk_tuple(datagram, a, b)

@@ -10,8 +10,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from nattrail.jsonlog import JsonLog, utc_timestamp
+from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat, utc_timestamp
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
@@ -119,3 +121,22 @@ def test_write_lines_writes_a_batch_of_whole_records(tmp_path: Path) -> None:
     assert [r["n"] for r in records] == [0, 1, 2]
     with pytest.raises(ValueError, match="closed"):
         log.write_lines([log.format("late")])
+
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text()
+)
+
+
+@given(st.dictionaries(st.text(), st.one_of(scalars, st.lists(scalars, max_size=3))))
+def test_dumps_flat_is_json_dumps(record: dict) -> None:
+    expected = json.dumps(record, default=str, ensure_ascii=False, separators=(",", ":"))
+    assert dumps_flat(record) == expected
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800 * 10**9))
+def test_epoch_stamp_matches_utc_timestamp(ns: int) -> None:
+    stamp = EpochStamp()
+    moment = datetime.fromtimestamp(ns // 1000 / 1e6, UTC)
+    # Twice: the second call takes the cached date-and-second part.
+    assert stamp(ns) == stamp(ns) == utc_timestamp(moment.replace(microsecond=(ns // 1000) % 10**6))

@@ -32,7 +32,7 @@ from nattrail.jsonlog import JsonLog
 from nattrail.masqlog import Config, ConfigError, MasqLogger, build_config
 
 SRC = Path(masqlog.__file__).resolve().parents[1]
-NOW = datetime(2026, 11, 21, 3, 12, 0, tzinfo=UTC)
+NOW_NS = int(datetime(2026, 11, 21, 3, 12, 0, tzinfo=UTC).timestamp()) * 10**9
 
 
 def events() -> list[Conntrack]:
@@ -45,7 +45,7 @@ def events() -> list[Conntrack]:
 def make_logger(**settings: Any) -> tuple[MasqLogger, io.StringIO]:
     stream = io.StringIO()
     config = replace(Config(), ident=False, **settings)
-    logger = MasqLogger(config, JsonLog(stream=stream, fields={"daemon": "masqlog"}), clock=lambda: NOW)
+    logger = MasqLogger(config, JsonLog(stream=stream, fields={"daemon": "masqlog"}), clock_ns=lambda: NOW_NS)
     return logger, stream
 
 
