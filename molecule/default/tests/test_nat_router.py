@@ -163,3 +163,17 @@ def test_bad_inventory_fails_the_play_before_the_router_changes(lab):
     assert "nat_router: host router: variable nat_router_dnat, entry 0" in message, bad.stdout[-2000:]
     assert "70000" in message and "10.99.0.1" in message
     assert lab["router"].check(state) == before
+
+
+def test_bad_masq_logger_setting_fails_before_the_router_changes(lab):
+    state = (
+        "sha256sum /etc/nftables.conf /etc/nattrail/masqlog.json; nft list table inet nattrail | sha256sum; "
+        "systemctl show -p MainPID --value nattrail-masqlog"
+    )
+    before = lab["router"].check(state)
+    bad = converge("-e", '{"masq_logger_protocols": ["tcp", "sctp"]}')
+    assert bad.returncode != 0
+    message = " ".join(bad.stdout.split())
+    assert "masq_logger_protocols" in message and "sctp" in message, bad.stdout[-2000:]
+    assert "[router]" in message
+    assert lab["router"].check(state) == before
