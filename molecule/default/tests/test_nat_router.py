@@ -104,7 +104,7 @@ def test_accounting_counts_traffic_and_keeps_it_across_a_ruleset_change(lab, lis
     after = accounting(lab)["10.77.0.0/24"]
     assert after["out"]["bytes"] >= grown["out"]["bytes"], "a reload lost accounted bytes"
     assert after["in"]["packets"] >= grown["in"]["packets"]
-    restored = converge()
+    restored = converge("--limit", "router")
     assert restored.returncode == 0, restored.stdout[-3000:]
 
 
@@ -148,7 +148,7 @@ def test_a_ruleset_that_locks_the_administrator_out_is_rolled_back(lab):
         assert time.monotonic() < deadline, "the previous ruleset was not restored"
         time.sleep(1)
     assert lab["router"].check("sha256sum /etc/nftables.conf") == good, "an unconfirmed ruleset was kept"
-    restored = converge()
+    restored = converge("--limit", "router")
     assert restored.returncode == 0, restored.stdout[-3000:]
 
 
@@ -177,3 +177,14 @@ def test_bad_masq_logger_setting_fails_before_the_router_changes(lab):
     assert "masq_logger_protocols" in message and "sctp" in message, bad.stdout[-2000:]
     assert "[router]" in message
     assert lab["router"].check(state) == before
+
+
+def test_converge_confirms_directly_without_an_admin_workstation(lab):
+    # No nat_router_confirm_from: the confirmation runs on the router itself. A changed ruleset
+    # (another ICMP rate) makes the apply and confirm tasks run.
+    settings = '{"nat_router_confirm_from": "", "nat_router_icmp_echo_rate": "7/second"}'
+    done = converge("--limit", "router", "-e", settings)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "7/second" in lab["router"].check("nft list table inet nattrail")
+    restored = converge("--limit", "router")
+    assert restored.returncode == 0, restored.stdout[-3000:]
