@@ -237,9 +237,19 @@ class MasqLogger:
             self.stats.untracked += 1
         self.stats.opens += 1
         conn = connection_fields(ct)
-        extra = {"resync": True} if resync else {}
-        self.emit("open", **conn, opened=opened, **extra)
+        extra: dict[str, Any] = {"resync": True} if resync else {}
+        asked = False
         if ct.proto == "tcp" and self.config.ident and not resync:
+            reason = self.limiter.try_acquire(ct.orig.src)
+            if reason is None:
+                asked = True
+            else:
+                # Not asked: said in the open record itself, so a flood costs one record per
+                # connection, not two.
+                self.stats.ident_skipped += 1
+                extra.update(user=None, ident_error=f"skipped:{reason}")
+        self.emit("open", **conn, opened=opened, **extra)
+        if asked:
             self._start_ident(conn, ct)
 
     def _close(self, key: Key, ct: Conntrack) -> None:
@@ -272,11 +282,7 @@ class MasqLogger:
     # --- ident ----------------------------------------------------------------------------------------
 
     def _start_ident(self, conn: dict[str, Any], ct: Conntrack) -> None:
-        reason = self.limiter.try_acquire(ct.orig.src)
-        if reason is not None:
-            self.stats.ident_skipped += 1
-            self.emit("ident", **conn, user=None, ident_error=f"skipped:{reason}")
-            return
+        """Ask the client's identd; the limiter slot taken in _open is released when it is done."""
         task = asyncio.get_running_loop().create_task(self._ident(conn, ct))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

@@ -590,6 +590,9 @@ def join(records: Iterable[Record]) -> list[Connection]:
                 conn.relearnt.append(record.ts)
             conn.opened = conn.opened or opened
             conn.records.append(f"{record.where} {'resync' if resync else 'open'}")
+            if "ident_error" in data:
+                # The logger says in the open record itself when it did not ask (skipped:<reason>).
+                _ident(conn, record)
         elif record.event == "ident":
             # The answer may come after the close (timeouts), so the latest connection of the key it is.
             _ident(same_key[-1] if same_key else new(record, key), record)

@@ -102,6 +102,26 @@ def test_only_configured_protocols_and_only_source_nat() -> None:
     assert all(r["server_ip"] != "10.77.0.2" for r in logged)
 
 
+def test_ident_past_the_caps_is_marked_skipped_in_the_open_record() -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        stream = io.StringIO()
+        config = replace(Config(), ident_port=1, ident_timeout=0.5, ident_rate=1.0, ident_burst=1)
+        logger = MasqLogger(config, JsonLog(stream=stream), clock_ns=lambda: NOW_NS)
+        tcp_new = events()[0]
+        local = tcp_new._replace(orig=tcp_new.orig._replace(src="127.0.0.1"))
+        logger.handle(local)  # asked (and refused: nothing listens on port 1)
+        logger.handle(local._replace(ct_id=1))  # same client, burst spent: skipped
+        await asyncio.gather(*logger.tasks)
+        logger.flush()
+        return records(stream)
+
+    logged = asyncio.run(scenario())
+    assert [r["event"] for r in logged] == ["open", "open", "ident"]
+    assert "ident_error" not in logged[0]
+    assert logged[1]["ident_error"] == "skipped:rate" and logged[1]["user"] is None
+    assert logged[2]["ident_error"] == "refused"
+
+
 def test_resync_learns_opens_and_closes_what_vanished() -> None:
     logger, stream = make_logger()
     everything = events()

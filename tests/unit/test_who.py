@@ -403,6 +403,25 @@ def test_ident_error_is_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert match["user"] is None and match["ident_error"] == "ERROR:NO-USER"
 
 
+def test_ident_skipped_in_the_open_record_is_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Past its caps the logger does not ask, and says so in the open record: no ident record follows.
+    log = write_logs(
+        tmp_path,
+        {
+            "masq.log": [
+                opened("03:10", ALICE, user=None, ident_error="skipped:rate"),
+                closed("03:10", "03:20", ALICE),
+            ]
+        },
+    )
+    status, out, _ = run(capsys, log, "--masq-port", "666", "--at", "2026-11-21 03:12Z", "--json")
+    assert status == 0
+    (match,) = json.loads(out)["matches"]
+    assert match["user"] is None and match["ident_error"] == "skipped:rate"
+
+
 def test_ident_answer_after_the_close_still_belongs_to_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
