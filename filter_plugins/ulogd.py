@@ -30,7 +30,8 @@ from typing import NamedTuple
 from ansible.errors import AnsibleFilterError
 
 PREFIX = "ulogd_"
-INT, STR = "int", "str"
+INT = "int"
+STR = "str"
 
 
 class _Plugin(NamedTuple):
@@ -145,8 +146,10 @@ PLUGIN_FILES = {
 }
 # Debian's pgsql-ulogd2.sql: the view whose columns name the packet procedure's arguments, and the
 # flow table whose columns name INSERT_CT's.
-PGSQL_PACKET_TABLE, PGSQL_PACKET_PROCEDURE = "ulog", "INSERT_PACKET_FULL"
-PGSQL_FLOW_TABLE, PGSQL_FLOW_PROCEDURE = "ulog2_ct", "INSERT_CT"
+PGSQL_PACKET_TABLE = "ulog"
+PGSQL_PACKET_PROCEDURE = "INSERT_PACKET_FULL"
+PGSQL_FLOW_TABLE = "ulog2_ct"
+PGSQL_FLOW_PROCEDURE = "INSERT_CT"
 
 PACKET_STACK_KEYS = ("group", "file", "pgsql", "nflog", "json")
 FLOW_STACK_KEYS = ("enabled", "file", "pgsql", "nfct", "json")

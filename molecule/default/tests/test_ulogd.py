@@ -1,0 +1,458 @@
+"""ulogd, seen across hosts: what the scanner and the client do to the router shows up in the router's
+packet and flow JSON and as rows in PostgreSQL on the server, through logrotate and a database outage.
+
+Addresses come from the lab topology (NATTRAIL_LAB_TOPOLOGY), so the checks run on any copy of the
+lab. NATTRAIL_LAB_INVENTORY and NATTRAIL_LAB_PLAYBOOK name the inventory and playbook the converge
+check runs (default: inventory/lab and site.yml).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import pytest
+from conftest import PROJECT
+
+PACKETS = "/var/log/ulog/packets.json"
+FLOWS = "/var/log/ulog/flows.json"
+PSQL = "runuser -u postgres -- psql -X -q -At -F '|' -d ulogd"
+PG_UNIT = "postgresql@15-main"
+INVENTORY = os.environ.get("NATTRAIL_LAB_INVENTORY") or str(PROJECT / "inventory" / "lab")
+PLAYBOOK = os.environ.get("NATTRAIL_LAB_PLAYBOOK") or str(PROJECT / "site.yml")
+
+# On the scanner: `count` TCP SYNs to dst:dport at `rate` per second from source ports first,
+# first+1, ... with sequence number i and the given window, built by hand (raw socket) so that each
+# packet is known exactly. Prints the number sent.
+SYN_SENDER = """
+import socket, struct, sys, time
+dst, dport, first, count, rate, window = sys.argv[1], *map(int, sys.argv[2:4]), int(sys.argv[4]), \\
+    float(sys.argv[5]), int(sys.argv[6])
+probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+probe.connect((dst, 9))
+pseudo = socket.inet_aton(probe.getsockname()[0]) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, 20)
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+start = time.monotonic()
+for i in range(count):
+    header = struct.pack("!HHIIBBHHH", first + i, dport, i, 0, 5 << 4, 0x02, window, 0, 0)
+    header = header[:16] + struct.pack("!H", checksum(pseudo + header)) + header[18:]
+    s.sendto(header, (dst, 0))
+    delay = start + (i + 1) / rate - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+print(count)
+"""
+
+# On the client: connect, talk, hold, then reset: an RST close ends the conntrack entry (and so
+# the flow) 10 s later, where an orderly close waits out TIME_WAIT's 120 s.
+RESET_CLIENT = """
+import socket, struct, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print(s.getsockname()[1], flush=True)
+s.sendall(b"hello from the inside\\n" * 50)
+time.sleep(float(sys.argv[3]))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+"""
+
+
+def tag_port() -> int:
+    """A destination port no other check uses, so records of this run are told apart."""
+    return 41000 + secrets.randbelow(8000)
+
+
+def json_records(host, path: str, key: str, value: int) -> list[dict]:
+    """Records of the JSON file (and its rotated copy) whose key has this value; every line must parse."""
+    needle = shlex.quote(f'"{key}": {value}')
+    out = host.run(f"grep -h -F {needle} {path} {path}.1 2>/dev/null").stdout
+    records = [json.loads(line) for line in out.splitlines()]
+    return [r for r in records if r.get(key) == value]
+
+
+def wait_for(what: str, probe: Callable[[], object], timeout: float = 20.0) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: nothing after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def sql(lab, query: str, *values: int) -> list[list[str]]:
+    """Rows of a query on the collector; values (integers only) fill its %d placeholders."""
+    out = lab["server"].check(f"{PSQL} -c {shlex.quote(query % values)}")
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def interfaces(host) -> dict[str, str]:
+    """Address -> interface name on a lab host."""
+    rows = host.check("ip -o -4 addr show").splitlines()
+    return {row.split()[3].split("/")[0]: row.split()[1].split("@")[0] for row in rows}
+
+
+def send_syns(lab, dport: int, first: int, count: int, rate: float) -> str:
+    args = [lab["router"].address, str(dport), str(first), str(count), str(rate), "29200"]
+    return lab["scanner"].background(SYN_SENDER, *args)
+
+
+def unit_done(host, unit: str, timeout: float) -> None:
+    wait_for(f"{unit} to finish", lambda: host.run(f"systemctl is-active --quiet {unit}").rc != 0, timeout)
+
+
+@pytest.fixture
+def postgresql_back(lab) -> Iterator[None]:
+    """Whatever a check does to PostgreSQL and ulogd, both run again afterwards."""
+    yield
+    lab["server"].run(f"systemctl start {PG_UNIT}")
+    wait_for("PostgreSQL", lambda: lab["server"].run("runuser -u postgres -- pg_isready -q").rc == 0)
+    # Restarts ulogd if it came up while the database was down, as the timer would within a minute.
+    lab["router"].run("systemctl start nattrail-ulogd-reattach.service")
+
+
+# ------------------------------------------------------------------------------------ packet stack
+
+
+def test_scanner_probe_is_a_json_line_and_a_row_with_flags_window_and_prefix(lab):
+    router, scanner = lab["router"], lab["scanner"]
+    dport, sport = tag_port(), 20000 + secrets.randbelow(20000)
+    probe = (
+        "from scapy.all import IP, TCP, send; "
+        f"send(IP(dst='{router.address}', ttl=51)/TCP(sport={sport}, dport={dport}, flags='S', "
+        "window=31337, seq=12345), verbose=0)"
+    )
+    scanner.check(f'python3 -c "{probe}"')
+    record = wait_for("the probe in packets.json", lambda: json_records(router, PACKETS, "dest_port", dport))[
+        0
+    ]
+    outside = interfaces(router)[router.address]
+    assert record["src_ip"] == scanner.address and record["dest_ip"] == router.address
+    assert record["src_port"] == sport
+    assert record["oob.prefix"] == "nattrail-in-drop: "
+    assert (record["oob.in"], record["oob.out"]) == (outside, "")
+    # The SYN window is what gives a custom scanner away.
+    assert record["tcp.window"] == 31337 and record["tcp.seq"] == 12345
+    flags = {f: record[f"tcp.{f}"] for f in ("syn", "ack", "fin", "rst", "psh", "urg")}
+    assert flags == {"syn": 1, "ack": 0, "fin": 0, "rst": 0, "psh": 0, "urg": 0}
+    assert record["ip.protocol"] == 6 and record["ip.totlen"] == 40 and record["ip.ttl"] == 51
+    assert record["dvc"] == "router"
+    # The timestamp is UTC: the same instant as the kernel's epoch seconds in the record.
+    stamp = datetime.fromisoformat(record["timestamp"]).replace(tzinfo=UTC)
+    assert stamp.timestamp() == pytest.approx(
+        record["oob.time.sec"] + record["oob.time.usec"] / 1e6, abs=1e-3
+    )
+
+    query = (
+        "SELECT oob_prefix, oob_in, host(ip_saddr_str), host(ip_daddr_str), tcp_sport, tcp_window, tcp_syn, "
+        "tcp_ack, ip_ttl FROM ulog WHERE tcp_dport = %d"
+    )
+    rows = wait_for("the probe in PostgreSQL", lambda: sql(lab, query, dport))
+    assert rows == [
+        ["nattrail-in-drop: ", outside, scanner.address, router.address, str(sport), "31337", "t", "f", "51"]
+    ]
+
+
+def test_forwarded_ping_is_logged_with_icmp_type_code_and_both_interfaces(lab):
+    router, scanner, client = lab["router"], lab["scanner"], lab["client"]
+    ident = 1000 + secrets.randbelow(59000)
+    probe = (
+        "from scapy.all import IP, ICMP, send; "
+        f"send(IP(dst='{client.address}')/ICMP(type=8, code=0, id={ident}, seq=7), verbose=0)"
+    )
+    scanner.check(f'python3 -c "{probe}"')
+    record = wait_for(
+        "the ping in packets.json", lambda: json_records(router, PACKETS, "icmp.echoid", ident)
+    )[0]
+    addresses = interfaces(router)
+    inside = next(name for addr, name in addresses.items() if name not in ("lo", addresses[router.address]))
+    assert record["oob.prefix"] == "nattrail-fwd-drop: "
+    assert (record["oob.in"], record["oob.out"]) == (addresses[router.address], inside)
+    assert (record["icmp.type"], record["icmp.code"], record["icmp.echoseq"]) == (8, 0, 7)
+    assert (record["src_ip"], record["dest_ip"]) == (scanner.address, client.address)
+    rows = wait_for(
+        "the ping in PostgreSQL",
+        lambda: sql(lab, "SELECT icmp_type, icmp_code, oob_out FROM ulog WHERE icmp_echoid = %d", ident),
+    )
+    assert rows == [["8", "0", inside]]
+
+
+def test_every_line_of_both_files_is_a_json_object(lab):
+    for path in (PACKETS, FLOWS):
+        text = lab["router"].check(f"cat {path}")
+        lines = text.splitlines()
+        assert text == "" or text.endswith("\n"), f"{path}: last line unfinished"
+        for number, line in enumerate(lines, 1):
+            record = json.loads(line)
+            assert isinstance(record, dict) and record["dvc"] == "router", f"{path}:{number}: {line}"
+
+
+# -------------------------------------------------------------------------------------- flow stack
+
+
+def test_finished_client_connection_is_a_flow_with_both_tuples_and_counters(lab, listen):
+    router, client, server = lab["router"], lab["client"], lab["server"]
+    port = tag_port()
+    listen("server", port)
+    sport = int(client.check(f"python3 -c {shlex.quote(RESET_CLIENT)} {server.address} {port} 0.5").strip())
+    # Masqueraded: the reply tuple runs between the server and the router's outside address.
+    flow = wait_for("the flow in flows.json", lambda: json_records(router, FLOWS, "orig.l4.dport", port), 30)[
+        0
+    ]
+    assert (flow["src_ip"], flow["dest_ip"], flow["orig.l4.sport"]) == (client.address, server.address, sport)
+    assert (flow["reply.ip.saddr.str"], flow["reply.ip.daddr.str"]) == (server.address, router.address)
+    assert flow["reply.l4.sport"] == port
+    assert flow["ct.event"] == 4, "a DESTROY event: the flow is finished"
+    assert flow["orig.raw.pktcount"] >= 4, "SYN, ACK, data, RST at least"
+    assert flow["orig.raw.pktlen"] > 50 * 22, "the client's 1100 bytes and headers"
+    assert flow["reply.raw.pktcount"] >= 2
+    assert flow["flow.end.sec"] >= flow["flow.start.sec"] > 0
+
+    query = (
+        "SELECT host(orig_ip_saddr_str), orig_l4_sport, host(reply_ip_daddr_str), orig_raw_pktcount, "
+        "orig_raw_pktlen, reply_raw_pktcount, reply_raw_pktlen FROM ulog2_ct WHERE orig_l4_dport = %d"
+    )
+    rows = wait_for("the flow in PostgreSQL", lambda: sql(lab, query, port))
+    counters = [
+        flow[k] for k in ("orig.raw.pktcount", "orig.raw.pktlen", "reply.raw.pktcount", "reply.raw.pktlen")
+    ]
+    assert rows == [[client.address, str(sport), router.address, *map(str, counters)]]
+
+
+# ------------------------------------------------------------------------------ daemon and database
+
+
+def test_ulogd_runs_as_its_own_user_with_net_admin_only(lab):
+    router = lab["router"]
+    pid = router.check("systemctl show -P MainPID ulogd2").strip()
+    status = dict(
+        line.split(":\t", 1) for line in router.check(f"cat /proc/{pid}/status").splitlines() if ":\t" in line
+    )
+    assert status["Uid"].split()[0] == router.check("id -u ulog").strip()
+    assert int(status["CapEff"], 16) == 1 << 12 and int(status["CapBnd"], 16) == 1 << 12, "CAP_NET_ADMIN only"
+    assert status["NoNewPrivs"].strip() == "1"
+    assert "PGPASSFILE" in router.check(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+    password = router.check("cut -d: -f5- /etc/ulogd.pgpass").strip()
+    assert password and password not in router.check("cat /etc/ulogd.conf")
+    assert router.check("stat -c '%U %a' /etc/ulogd.pgpass").split() == ["ulog", "600"]
+
+
+def test_only_the_router_may_log_in_and_it_may_only_add_rows(lab):
+    router, scanner, server = lab["router"], lab["scanner"], lab["server"]
+    connect = f"PGPASSFILE=/etc/ulogd.pgpass psql -X -At 'host={server.address} dbname=ulogd user=ulogd' -c"
+    assert router.check(f"{connect} 'SELECT current_user'").strip() == "ulogd"
+    # It may read the row ids of ulog2 (Debian's packet procedure updates rows by _id), not the logs.
+    for statement in (
+        "SELECT ip_saddr_str FROM ulog2",
+        "SELECT * FROM ulog",
+        "SELECT * FROM ulog2_ct",
+        "DELETE FROM ulog2",
+        "UPDATE ulog2_ct SET ct_mark = 1",
+        "CREATE TABLE t (x int)",
+    ):
+        denied = router.run(f"{connect} {shlex.quote(statement)}")
+        assert denied.rc != 0 and "permission denied" in denied.stderr, (statement, denied.stderr)
+    password = router.check("cut -d: -f5- /etc/ulogd.pgpass").strip()
+    other = scanner.run(f"PGPASSWORD={shlex.quote(password)} {connect.split(' ', 1)[1]} 'SELECT 1'")
+    assert other.rc != 0 and "no pg_hba.conf entry" in other.stderr, other.stderr
+
+
+def test_collector_loaded_the_schema_debian_ships_with_ulogd2(lab):
+    shipped = lab["router"].check("zcat /usr/share/doc/ulogd2/pgsql-ulogd2.sql.gz | sha256sum").split()[0]
+    loaded = (
+        lab["server"].check("sha256sum /usr/local/share/nattrail/log_collector/pgsql-ulogd2.sql").split()[0]
+    )
+    assert loaded == shipped
+    assert sql(lab, "SELECT version FROM _format") == [["6"]]
+
+
+# ------------------------------------------------------------------------------ rotation and outage
+
+
+def test_rotation_while_packets_arrive_loses_no_line(lab):
+    router = lab["router"]
+    dport, count = tag_port(), 300
+    unit = send_syns(lab, dport, 10000, count, 50)
+    wait_for("the first packets", lambda: json_records(router, PACKETS, "dest_port", dport), 10)
+    router.check("logrotate -f /etc/logrotate.d/nattrail-ulogd")
+    unit_done(lab["scanner"], unit, 30)
+
+    def both() -> tuple[int, int] | None:
+        new = len(json_records(router, PACKETS, "dest_port", dport)) - len(
+            json_records(router, PACKETS + ".1", "dest_port", dport)
+        )
+        old = len(json_records(router, PACKETS + ".1", "dest_port", dport))
+        return (old, new) if old + new == count else None
+
+    old, new = wait_for(f"all {count} packets across both files", both, 15)  # type: ignore[misc]
+    assert old > 0 and new > 0, "ulogd wrote to the rotated file, then reopened the new one"
+    assert router.check(f"stat -c '%U %G %a' {PACKETS}").split() == ["ulog", "adm", "640"]
+
+
+RING_GROUP, RING_SIZE, RING_PREFIX = 4199, 100, "nt-test-ring: "
+
+
+@pytest.fixture
+def ring_ulogd(lab) -> Iterator[Callable[[int], None]]:
+    """A second ulogd on the router in ring-buffer mode, on its own NFLOG group, fed by a test rule
+    that copies one destination port's packets there; same database, same connection settings."""
+    router = lab["router"]
+    unit = "nt-test-ulogd-ring"
+
+    def start(dport: int) -> None:
+        conf = router.check("cat /etc/ulogd.conf")
+        plugins = [line for line in conf.splitlines() if line.startswith("plugin=")]
+        section = conf.split("[pgsql1]\n", 1)[1].split("\n\n", 1)[0].splitlines()
+        pgsql = [line for line in section if not line.startswith("backlog_")] + [
+            f"ring_buffer_size={RING_SIZE}"
+        ]
+        g = RING_GROUP
+        text = "\n".join(
+            [
+                "[global]",
+                'logfile="stdout"',
+                *plugins,
+                f"stack=nflog{g}:NFLOG,base{g}:BASE,ifi{g}:IFINDEX,ip2str{g}:IP2STR,hwhdr{g}:HWHDR,pgsql{g}:PGSQL",
+                f"[nflog{g}]",
+                f"group={g}",
+                f"[pgsql{g}]",
+                *pgsql,
+                "",
+            ]
+        )
+        router.check(f"printf %s {shlex.quote(text)} > /run/{unit}.conf && chmod 644 /run/{unit}.conf")
+        rule = (
+            "add table inet nt_test_ulogd; "
+            "add chain inet nt_test_ulogd input { type filter hook input priority -5; }; "
+            f'add rule inet nt_test_ulogd input tcp dport {dport} log prefix "{RING_PREFIX}" group {g}'
+        )
+        router.check(f"nft {shlex.quote(rule)}")
+        router.check(
+            f"systemd-run --quiet --unit={unit} -p User=ulog -p AmbientCapabilities=CAP_NET_ADMIN "
+            "-p Environment=PGPASSFILE=/etc/ulogd.pgpass -p Environment=TZ=UTC "
+            f"/usr/sbin/ulogd -c /run/{unit}.conf"
+        )
+        wait_for(
+            "the ring ulogd to bind its group",
+            lambda: f" {g} " in f" {router.check('cat /proc/net/netfilter/nfnetlink_log')}",
+        )
+
+    yield start
+    router.run(f"systemctl stop {unit}; nft delete table inet nt_test_ulogd; rm -f /run/{unit}.conf")
+
+
+def sports(lab, dport: int, prefix: str = "nattrail-in-drop: ") -> list[int]:
+    """Source ports of the rows one ulogd (told apart by the log prefix) wrote for this port, by row id."""
+    rows = sql(lab, "SELECT tcp_sport, oob_prefix FROM ulog WHERE tcp_dport = %d ORDER BY _id", dport)
+    return [int(sport) for sport, logged_prefix in rows if logged_prefix == prefix]
+
+
+def test_database_outage_of_30s_loses_nothing_with_the_backlog(lab, ring_ulogd, postgresql_back):
+    """The scanner sends two streams at 20 packets/s for 50 s; PostgreSQL stops for 30 s from the 5th.
+    Stream A goes through the role's ulogd (backlog); stream B also through a second ulogd in ring
+    mode with room for 100 statements. Backlog: every packet becomes a row, in order. Ring: the first
+    100 statements of the outage wait in the ring, later ones are dropped until the database is back;
+    the rows kept are in order."""
+    router, server, scanner = lab["router"], lab["server"], lab["scanner"]
+    backlog_port, ring_port = tag_port(), tag_port() + 1000
+    count, rate, first = 1000, 20, 10000
+    ring_ulogd(ring_port)
+    senders = [send_syns(lab, port, first, count, rate) for port in (backlog_port, ring_port)]
+    time.sleep(5)
+    before_outage = max(sports(lab, ring_port, RING_PREFIX), default=first - 1)
+    server.check(f"systemctl stop {PG_UNIT}")
+    time.sleep(30)
+    server.check(f"systemctl start {PG_UNIT}")
+    for unit in senders:
+        unit_done(scanner, unit, 40)
+    sent = list(range(first, first + count))
+    # Nothing was lost before ulogd: the JSON file has every packet of both streams (the kernel hands
+    # NFLOG batches over within a second).
+    for port in (backlog_port, ring_port):
+        wait_for(
+            f"{count} JSON lines", lambda p=port: len(json_records(router, PACKETS, "dest_port", p)) >= count
+        )
+        assert len(json_records(router, PACKETS, "dest_port", port)) == count
+
+    wait_for("every backlogged row", lambda: len(sports(lab, backlog_port)) >= count, 30)
+    assert sports(lab, backlog_port) == sent, "backlog: one row per packet sent, in the order sent"
+
+    kept = sports(lab, ring_port, RING_PREFIX)
+    assert kept == sorted(kept) and len(set(kept)) == len(kept), "ring: rows in order, none twice"
+    missing = sorted(set(sent) - set(kept))
+    assert missing, "ring: 600 packets during the outage cannot all fit 100 slots"
+    assert missing == list(range(missing[0], missing[-1] + 1)), "ring: one run of newest packets dropped"
+    assert missing[0] > before_outage + RING_SIZE - 1, "ring: the first statements of the outage are kept"
+    assert kept[-1] == sent[-1], "ring: everything after the database returned is there"
+
+
+def test_ulogd_started_while_the_database_is_down_reattaches_when_it_returns(lab, postgresql_back):
+    router, server, scanner = lab["router"], lab["server"], lab["scanner"]
+    server.check(f"systemctl stop {PG_UNIT}")
+    router.check("systemctl restart ulogd2")
+    since = router.check("date +%s").strip()
+    router.check("systemctl start nattrail-ulogd-reattach.service")
+    said = router.check(f"journalctl -u nattrail-ulogd-reattach -o cat --since @{since}")
+    assert "ulogd runs without its PostgreSQL output" in said and "does not answer yet" in said
+    assert router.check("systemctl is-active ulogd2").strip() == "active", "the JSON stacks run on"
+    server.check(f"systemctl start {PG_UNIT}")
+    wait_for("PostgreSQL", lambda: server.run("runuser -u postgres -- pg_isready -q").rc == 0)
+    before = router.check("systemctl show -P MainPID ulogd2")
+    router.check("systemctl start nattrail-ulogd-reattach.service")
+    assert router.check("systemctl show -P MainPID ulogd2") != before, "ulogd was restarted"
+    dport = tag_port()
+    unit = send_syns(lab, dport, 30000, 5, 10)
+    unit_done(scanner, unit, 10)
+    wait_for("rows once reattached", lambda: len(sports(lab, dport)) == 5)
+
+
+# ------------------------------------------------------------------------------------ inventory
+
+
+def converge(*extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg")}
+    return subprocess.run(
+        ["ansible-playbook", "-i", INVENTORY, PLAYBOOK, "--limit", "routers", *extra],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_bad_ulogd_inventory_fails_before_the_router_changes(lab):
+    state = "sha256sum /etc/ulogd.conf /etc/nftables.conf; nft list table inet nattrail | sha256sum"
+    before = lab["router"].check(state)
+    bad = converge(
+        "-e",
+        json.dumps(
+            {
+                "ulogd_packet_stacks": [{"group": 1, "nflog": {"netlink_qthreshhold": 1}}, {"group": 1}],
+                "ulogd_pgsql_ring_buffer_size": 1000,
+                "ulogd_pgsql_backlog_memcap": 1000000,
+                "nat_router_icmp_echo_rate": "9/second",
+            }
+        ),
+    )
+    assert bad.returncode != 0
+    message = " ".join(bad.stdout.split())
+    head = "ulogd: host router: variable "
+    for expected in [
+        "ulogd_packet_stacks, entry 0.nflog.netlink_qthreshhold (1): unknown NFLOG plugin option",
+        "ulogd_packet_stacks, entry 1.group (1): NFLOG group 1 is already read by entry 0",
+        "ulogd_pgsql_ring_buffer_size, entry value (1000): the ring buffer and the backlog",
+    ]:
+        assert head + expected in message, bad.stdout[-3000:]
+    # nat_router's change (another ping rate) was not applied either: the play stopped first.
+    assert lab["router"].check(state) == before
