@@ -6,7 +6,7 @@ networks, and every connection they make runs between lab hosts.
 
 from __future__ import annotations
 
-import base64
+import json
 import os
 import shlex
 import time
@@ -131,35 +131,18 @@ def connect(lab: dict[str, LabHost]) -> Iterator[Callable[[str, str, int, float]
         host.run(f"systemctl stop {unit}")
 
 
-@pytest.fixture
-def nflog(lab: dict[str, LabHost]) -> Iterator[Callable[[int], Callable[..., list]]]:
-    """Capture the router's NFLOG group; returns a function that stops and decodes the capture."""
-    from nflog import parse_pcap  # noqa: PLC0415 - sibling module of the tests
+# ulogd owns the NFLOG group of nat_router's log rules (a group has one listener), so checks of
+# what those rules log read ulogd's packet JSON on the router.
+ULOG_PACKETS = "/var/log/ulog/packets.json"
 
-    router = lab["router"]
-    units: list[str] = []
 
-    def start(group: int = 1) -> Callable[..., list]:
-        path = f"/run/nt-test-nflog-{uuid.uuid4().hex[:6]}.pcap"
-        unit = f"nt-test-nflog-{uuid.uuid4().hex[:6]}"
-        router.check(f"systemd-run --quiet --collect --unit={unit} tcpdump -i nflog:{group} -U -w {path}")
-        units.append(unit)
-        router.wait_output(f"test -s {path} && echo started")
-
-        def read() -> list:
-            return parse_pcap(base64.b64decode(router.check(f"base64 -w0 {path}")))
-
-        def stop(until: Callable[[object], bool], timeout: float = 10.0) -> list:
-            """Wait until a record satisfies ``until`` (the kernel batches NFLOG for up to a
-            second), stop the capture and return every record."""
-            deadline = time.monotonic() + timeout
-            while not any(until(p) for p in read()) and time.monotonic() < deadline:
-                time.sleep(0.3)
-            router.run(f"systemctl stop {unit}")
-            return read()
-
-        return stop
-
-    yield start
-    for unit in units:
-        router.run(f"systemctl stop {unit}")
+def logged_packets(router: LabHost, match: Callable[[dict], bool], timeout: float = 15.0) -> list[dict]:
+    """The router's logged packets (ulogd JSON, rotated copy included) that ``match``, waiting for
+    the first one; the kernel batches NFLOG for up to a second."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = router.run(f"cat {ULOG_PACKETS}.1 {ULOG_PACKETS} 2>/dev/null").stdout
+        found = [r for r in (json.loads(line) for line in out.splitlines()) if match(r)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.3)

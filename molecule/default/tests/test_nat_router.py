@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 
-from conftest import PROJECT
+from conftest import PROJECT, logged_packets
 
 ROUTER_OUT = "203.0.113.2"
 
@@ -50,37 +50,29 @@ def test_dnat_entry_is_closed_to_sources_outside_its_network(lab, listen):
     assert try_connect(lab, "scanner", ROUTER_OUT, 2323).rc == 0
 
 
-def test_scanner_reaches_the_allowed_service_and_a_denied_probe_is_logged(lab, listen, nflog):
+def test_scanner_reaches_the_allowed_service_and_a_denied_probe_is_logged(lab, listen):
     listen("router", 8080)
     assert try_connect(lab, "scanner", ROUTER_OUT, 22).rc == 0, "ssh is an inbound service"
-    stop = nflog(1)
     attempt = try_connect(lab, "scanner", ROUTER_OUT, 8080, timeout=2)
-
-    def is_probe(p) -> bool:
-        return p.src == lab["scanner"].address and p.dport == 8080
-
-    logged = stop(is_probe)
     assert attempt.rc != 0, "the router's port 8080 must not be reachable from outside"
-    probes = [p for p in logged if is_probe(p)]
-    assert probes, f"no NFLOG record of the denied probe in {logged}"
-    assert probes[0].prefix == "nattrail-in-drop: "
-    assert probes[0].tcp_flags == 0x02, "the logged packet is the probe's SYN"
+    probes = logged_packets(
+        lab["router"], lambda r: r.get("src_ip") == lab["scanner"].address and r.get("dest_port") == 8080
+    )
+    assert probes, "no logged record of the denied probe"
+    assert probes[0]["oob.prefix"] == "nattrail-in-drop: "
+    assert probes[0]["tcp.syn"] == 1 and probes[0]["tcp.ack"] == 0, "the logged packet is the probe's SYN"
 
 
-def test_spoofed_inside_source_from_outside_is_logged_and_dropped(lab, nflog):
-    stop = nflog(1)
+def test_spoofed_inside_source_from_outside_is_logged_and_dropped(lab):
     spoof = (
         "from scapy.all import IP, TCP, send; "
         "send(IP(src='10.77.0.10', dst='203.0.113.2')/TCP(sport=40404, dport=22, flags='S'), verbose=0)"
     )
     lab["scanner"].check(f'python3 -c "{spoof}"')
-
-    def is_spoof(p) -> bool:
-        return p.src == "10.77.0.10" and p.sport == 40404
-
-    logged = stop(is_spoof)
-    spoofed = [p for p in logged if is_spoof(p)]
-    assert spoofed and spoofed[0].prefix == "nattrail-spoof: ", logged
+    spoofed = logged_packets(
+        lab["router"], lambda r: r.get("src_ip") == "10.77.0.10" and r.get("src_port") == 40404
+    )
+    assert spoofed and spoofed[0]["oob.prefix"] == "nattrail-spoof: ", spoofed
     # Dropped before connection tracking: sshd never answered it.
     assert "40404" not in lab["router"].run("conntrack -L -p tcp --dport 22").stdout
 
