@@ -96,6 +96,34 @@ def sql(lab, query: str, *values: int) -> list[list[str]]:
     return [line.split("|") for line in out.splitlines() if line]
 
 
+NUDGE_PORT = 40999
+
+
+def nudge(lab, flows: bool = False) -> None:
+    """Give ulogd one more event to log. After the database came back, ulogd retries (and replays its
+    backlog) only when it has something new to write: a quiet router keeps its last rows in memory."""
+    if flows:
+        client, server, router = lab["client"], lab["server"], lab["router"]
+        send = f"import socket; socket.socket(2, 2).sendto(b'x', ('{server.address}', {NUDGE_PORT}))"
+        client.run(f"python3 -c {shlex.quote(send)}")
+        router.run(f"conntrack -D -p udp --orig-port-dst {NUDGE_PORT}")
+    else:
+        args = f"{lab['router'].address} {NUDGE_PORT} 40999 1 100 1024"
+        lab["scanner"].run(f"python3 -c {shlex.quote(SYN_SENDER)} {args}")
+
+
+def logged_rows(lab, what: str, query: str, *values: int, flows: bool = False) -> list[list[str]]:
+    """Rows of a query on the collector, waited for while ulogd gets new events to log."""
+
+    def found() -> list[list[str]]:
+        result = sql(lab, query, *values)
+        if not result:
+            nudge(lab, flows)
+        return result
+
+    return wait_for(what, found, 30)  # type: ignore[return-value]
+
+
 def interfaces(host) -> dict[str, str]:
     """Address -> interface name on a lab host."""
     rows = host.check("ip -o -4 addr show").splitlines()
@@ -157,8 +185,7 @@ def test_scanner_probe_is_a_json_line_and_a_row_with_flags_window_and_prefix(lab
         "SELECT oob_prefix, oob_in, host(ip_saddr_str), host(ip_daddr_str), tcp_sport, tcp_window, tcp_syn, "
         "tcp_ack, ip_ttl FROM ulog WHERE tcp_dport = %d"
     )
-    rows = wait_for("the probe in PostgreSQL", lambda: sql(lab, query, dport))
-    assert rows == [
+    assert logged_rows(lab, "the probe in PostgreSQL", query, dport) == [
         ["nattrail-in-drop: ", outside, scanner.address, router.address, str(sport), "31337", "t", "f", "51"]
     ]
 
@@ -180,11 +207,8 @@ def test_forwarded_ping_is_logged_with_icmp_type_code_and_both_interfaces(lab):
     assert (record["oob.in"], record["oob.out"]) == (addresses[router.address], inside)
     assert (record["icmp.type"], record["icmp.code"], record["icmp.echoseq"]) == (8, 0, 7)
     assert (record["src_ip"], record["dest_ip"]) == (scanner.address, client.address)
-    rows = wait_for(
-        "the ping in PostgreSQL",
-        lambda: sql(lab, "SELECT icmp_type, icmp_code, oob_out FROM ulog WHERE icmp_echoid = %d", ident),
-    )
-    assert rows == [["8", "0", inside]]
+    query = "SELECT icmp_type, icmp_code, oob_out FROM ulog WHERE icmp_echoid = %d"
+    assert logged_rows(lab, "the ping in PostgreSQL", query, ident) == [["8", "0", inside]]
 
 
 def test_every_line_of_both_files_is_a_json_object(lab):
@@ -222,11 +246,11 @@ def test_finished_client_connection_is_a_flow_with_both_tuples_and_counters(lab,
         "SELECT host(orig_ip_saddr_str), orig_l4_sport, host(reply_ip_daddr_str), orig_raw_pktcount, "
         "orig_raw_pktlen, reply_raw_pktcount, reply_raw_pktlen FROM ulog2_ct WHERE orig_l4_dport = %d"
     )
-    rows = wait_for("the flow in PostgreSQL", lambda: sql(lab, query, port))
+    found = logged_rows(lab, "the flow in PostgreSQL", query, port, flows=True)
     counters = [
         flow[k] for k in ("orig.raw.pktcount", "orig.raw.pktlen", "reply.raw.pktcount", "reply.raw.pktlen")
     ]
-    assert rows == [[client.address, str(sport), router.address, *map(str, counters)]]
+    assert found == [[client.address, str(sport), router.address, *map(str, counters)]]
 
 
 # ------------------------------------------------------------------------------ daemon and database
@@ -413,7 +437,8 @@ def test_ulogd_started_while_the_database_is_down_reattaches_when_it_returns(lab
     dport = tag_port()
     unit = send_syns(lab, dport, 30000, 5, 10)
     unit_done(scanner, unit, 10)
-    wait_for("rows once reattached", lambda: len(sports(lab, dport)) == 5)
+    query = "SELECT count(*) FROM ulog WHERE tcp_dport = %d HAVING count(*) = 5"
+    logged_rows(lab, "rows once reattached", query, dport)
 
 
 # ------------------------------------------------------------------------------------ inventory
