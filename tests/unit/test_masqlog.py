@@ -147,6 +147,10 @@ def test_resync_learns_opens_and_closes_what_vanished() -> None:
 
 def test_config_validation_names_the_setting() -> None:
     assert build_config({"protocols": ["tcp", "udp"], "ident_timeout": 2}).ident_timeout == 2.0
+    # The netns test below runs with the default 20 ms coalescing and still sees every event.
+    assert build_config({"read_coalesce": 0.05}).read_coalesce == 0.05
+    with pytest.raises(ConfigError, match="read_coalesce: must be a number above 0"):
+        build_config({"read_coalesce": 0})
     cases = {
         "bogus": ({"bogus": 1}, "unknown settings: bogus"),
         "proto": ({"protocols": ["tcp", "sctp"]}, "protocols: unknown ['sctp']"),
