@@ -495,7 +495,7 @@ async def run(config: Config, *, log: JsonLog) -> int:
         logger.emit("rcvbuf_capped", "warning", asked=config.rcvbuf, granted=granted)
     logger.flush()
     # Connections that were open before the daemon started (or restarted) are learnt first.
-    logger.resync(await loop.run_in_executor(None, ctnetlink.dump_table))
+    logger.resync(await loop.run_in_executor(None, daemon.dump))
     logger.flush()
     daemon.arm()
     timers = [
