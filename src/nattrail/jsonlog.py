@@ -25,18 +25,22 @@ RESERVED: frozenset[str] = frozenset({"ts", "level", "event"})
 
 class EpochStamp:
     """Formats nanoseconds since the epoch like :func:`utc_timestamp`, reusing the date-and-second
-    part while the second lasts: a busy daemon stamps thousands of records a second."""
+    part of recent seconds: a busy daemon stamps thousands of records a second, and one record may
+    carry several instants (a connection's start and end, and now)."""
+
+    KEEP = 64  # seconds remembered; the cache is emptied when it is full, so it stays small
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._prefixes: dict[int, str] = {}
 
     def __call__(self, ns: int) -> str:
         second, rest = divmod(ns, 1_000_000_000)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        return f"{self._prefix}.{rest // 1000:06d}Z"
+        prefix = self._prefixes.get(second)
+        if prefix is None:
+            if len(self._prefixes) >= self.KEEP:
+                self._prefixes.clear()
+            prefix = self._prefixes[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{prefix}.{rest // 1000:06d}Z"
 
 
 def _encode_value(value: object) -> str | None:
@@ -136,6 +140,18 @@ class JsonLog:
         # dumps_flat falls back to json.dumps(default=str): an unexpected value (an exception, a
         # Path) must never cost us the record.
         return dumps_flat(record) + "\n"
+
+    def line_format(self, event: str, level: str = "info") -> str:
+        """A ``%``-format for records of ``event`` whose fields the caller encodes itself, for hot
+        paths: ``fmt % (ts, body)`` is the line :meth:`format` would give, where ``ts`` is a
+        timestamp as :class:`EpochStamp` makes it and ``body`` the caller's fields as JSON members
+        (``"key":value,...``, not empty, no reserved key and no key of the fixed fields)."""
+        if level not in LEVELS:
+            raise ValueError(f"unknown level {level!r}; expected one of {', '.join(LEVELS)}")
+        head = dumps_flat({"level": level, "event": event})[1:-1]
+        fixed = dumps_flat(self._fields)[1:-1]
+        tail = f",{fixed}" if fixed else ""
+        return '{"ts":"%s",' + head.replace("%", "%%") + ",%s" + tail.replace("%", "%%") + "}\n"
 
     def log(self, event: str, level: str = "info", **fields: Any) -> None:  # noqa: ANN401
         line = self.format(event, level, **fields)

@@ -172,3 +172,112 @@ def test_fast_tuple_path_falls_back_on_an_unexpected_layout() -> None:
     damaged[a + 4 : a + 12], damaged[a + 12 : a + 20] = dst, src
     assert ctnetlink._fast_tuple(bytes(damaged), a, b) is None
     assert ctnetlink.decode_tuple(bytes(damaged), a, b) == ctnetlink._walk_tuple(datagram, a, b)
+
+
+def conntrack_messages() -> list[tuple[bytes, int, int, str]]:
+    """(datagram, attribute start, message end, event) of every captured conntrack message."""
+    out = []
+    for _, datagram in captured():
+        pos = 0
+        while pos + 16 <= len(datagram):
+            length, kind, flags = struct.unpack_from("=IHH", datagram, pos)
+            if kind >> 8 == 1:
+                if kind & 0xFF == ctnetlink.IPCTNL_MSG_CT_DELETE:
+                    event = "destroy"
+                else:
+                    event = "dump" if flags & ctnetlink.NLM_F_MULTI else "new"
+                out.append((datagram, pos + 20, pos + length, event))
+            pos += (length + 3) & ~3
+    return out
+
+
+def general_or_error(data: bytes, start: int, end: int, event: str) -> Conntrack | str:
+    try:
+        return ctnetlink._decode_general(data, start, end, event)
+    except DecodeError:
+        return "DecodeError"
+
+
+def fast_or_error(data: bytes, start: int, end: int, event: str) -> Conntrack | str:
+    try:
+        return ctnetlink.decode_conntrack(data, start, end, event)
+    except DecodeError:
+        return "DecodeError"
+
+
+def test_fast_event_path_takes_the_kernels_tcp_and_udp_events_and_agrees_with_the_walk() -> None:
+    taken = 0
+    for data, start, end, event in conntrack_messages():
+        general = ctnetlink._decode_general(data, start, end, event)
+        fast = ctnetlink._fast_event(data, start, end, event)
+        if event in ("new", "destroy") and general.orig.proto in (6, 17):
+            assert fast == general
+            taken += 1
+        else:
+            assert fast is None  # ICMP, and dump entries (another attribute order): the general walk
+        assert ctnetlink.decode_conntrack(data, start, end, event) == general
+    assert taken >= 5  # new and destroy, TCP and UDP
+
+
+def test_fast_event_path_reads_nests_in_another_order_through_the_walk() -> None:
+    data, start, end, event = next(
+        m for m in conntrack_messages() if m[3] == "destroy" and ctnetlink._fast_event(*m) is not None
+    )
+    before = ctnetlink.decode_conntrack(data, start, end, event)
+    swapped = bytearray(data)
+    # Swap the two members (12 bytes each) of the counter and timestamp nests: valid netlink that
+    # the fixed layout does not match.
+    for kind, a, b in ctnetlink.iter_attrs(data, start, end):
+        if kind in (ctnetlink.CTA_COUNTERS_ORIG, ctnetlink.CTA_COUNTERS_REPLY, ctnetlink.CTA_TIMESTAMP):
+            assert b - a == 24
+            swapped[a : a + 12], swapped[a + 12 : b] = data[a + 12 : b], data[a : a + 12]
+    after = ctnetlink.decode_conntrack(bytes(swapped), start, end, event)
+    assert after == before == ctnetlink._decode_general(bytes(swapped), start, end, event)
+    assert after.counters_orig is not None and after.stop_ns is not None
+
+
+@given(st.integers(min_value=0, max_value=600), st.integers(min_value=0, max_value=255), st.data())
+def test_fast_event_path_and_walk_agree_on_damaged_messages(
+    offset: int, value: int, data: st.DataObject
+) -> None:
+    messages = conntrack_messages()
+    datagram, start, end, event = messages[data.draw(st.integers(0, len(messages) - 1))]
+    damaged = bytearray(datagram)
+    if start + offset < end:
+        damaged[start + offset] = value
+    cut = data.draw(st.integers(min_value=start, max_value=end))
+    damaged_bytes = bytes(damaged[:cut])
+    assert fast_or_error(damaged_bytes, start, cut, event) == general_or_error(
+        damaged_bytes, start, cut, event
+    )
+
+
+def test_decode_event_is_the_single_message_of_an_event_datagram() -> None:
+    singles = 0
+    for _, datagram in captured():
+        walked = list(ctnetlink.decode_datagram(datagram))
+        event = ctnetlink.decode_event(datagram)
+        if len(walked) == 1 and isinstance(walked[0], Conntrack):
+            assert event == walked[0]
+            singles += 1
+        else:
+            assert event is None  # a dump's batch, NLMSG_DONE: the walk's job
+    assert singles >= 6
+
+
+@given(st.integers(min_value=0, max_value=400), st.binary(max_size=8), st.data())
+def test_decode_event_never_disagrees_with_the_walk(cut: int, noise: bytes, data: st.DataObject) -> None:
+    pairs = captured()
+    datagram = pairs[data.draw(st.integers(0, len(pairs) - 1))][1]
+    damaged = datagram[:cut] + noise
+    try:
+        walked: list[object] | str = list(ctnetlink.decode_datagram(damaged))
+    except DecodeError:
+        walked = "DecodeError"
+    try:
+        event = ctnetlink.decode_event(damaged)
+    except DecodeError:
+        assert walked == "DecodeError"
+        return
+    if event is not None:
+        assert walked == [event]

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat, utc_timestamp
@@ -140,3 +140,31 @@ def test_epoch_stamp_matches_utc_timestamp(ns: int) -> None:
     moment = datetime.fromtimestamp(ns // 1000 / 1e6, UTC)
     # Twice: the second call takes the cached date-and-second part.
     assert stamp(ns) == stamp(ns) == utc_timestamp(moment.replace(microsecond=(ns // 1000) % 10**6))
+
+
+@given(st.lists(st.integers(min_value=0, max_value=4_102_444_800 * 10**9), min_size=1, max_size=200))
+def test_epoch_stamp_stays_right_across_many_interleaved_seconds(instants: list[int]) -> None:
+    # One record may stamp a connection's start, its end and now: seconds alternate, and more
+    # distinct seconds than the cache keeps must still come out right.
+    stamp = EpochStamp()
+    for ns in [*instants, *reversed(instants), *range(0, 200 * 10**9, 10**9)]:
+        moment = datetime.fromtimestamp(ns // 10**9, UTC).replace(microsecond=(ns // 1000) % 10**6)
+        assert stamp(ns) == utc_timestamp(moment)
+    assert len(stamp._prefixes) <= EpochStamp.KEEP
+
+
+@given(
+    st.dictionaries(
+        st.text().filter(lambda k: k not in ("ts", "level", "event", "daemon")), scalars, min_size=1
+    ),
+    st.sampled_from(["debug", "info", "warning", "error"]),
+    st.text(),
+    st.dictionaries(st.text().filter(lambda k: k not in ("ts", "level", "event")), scalars),
+)
+def test_line_format_gives_the_line_format_would(fields: dict, level: str, event: str, fixed: dict) -> None:
+    fields = {k: v for k, v in fields.items() if k not in fixed}
+    assume(fields)
+    moment = datetime(2026, 11, 21, 3, 12, 0, 123456, tzinfo=UTC)
+    log = JsonLog(stream=io.StringIO(), fields=fixed, clock=lambda: moment)
+    body = dumps_flat(fields)[1:-1]
+    assert log.line_format(event, level) % (utc_timestamp(moment), body) == log.format(event, level, **fields)

@@ -24,11 +24,13 @@ from typing import Any
 
 import pytest
 from conftest import netns_unavailable
+from hypothesis import given
+from hypothesis import strategies as st
 from test_ctnetlink import captured
 
 from nattrail import ctnetlink, masqlog
-from nattrail.ctnetlink import Conntrack
-from nattrail.jsonlog import JsonLog
+from nattrail.ctnetlink import Conntrack, Counters, Tuple
+from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat
 from nattrail.masqlog import Config, ConfigError, MasqLogger, build_config
 
 SRC = Path(masqlog.__file__).resolve().parents[1]
@@ -143,6 +145,79 @@ def test_resync_learns_opens_and_closes_what_vanished() -> None:
     resyncs = [r for r in logged if r["event"] == "resync"]
     assert [(r["learnt"], r["closed_in_gap"]) for r in resyncs] == [(2, 1), (0, 0)]
     assert logged[1]["level"] == "warning"
+
+
+ports = st.integers(min_value=0, max_value=65535)
+addresses = st.ip_addresses(v=4).map(str) | st.ip_addresses(v=6).map(str)
+maybe_counters = st.none() | st.builds(Counters, st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+instants = st.none() | st.integers(min_value=1, max_value=4 * 10**18)
+
+
+@st.composite
+def conntracks(draw: st.DrawFn) -> Conntrack:
+    proto = draw(st.sampled_from([6, 17, 1]))
+    client, server, masq = draw(addresses), draw(addresses), draw(addresses)
+    if proto == 1:
+        icmp = (draw(ports), draw(st.integers(0, 255)), draw(st.integers(0, 255)))
+        orig = Tuple(client, server, proto, None, None, *icmp)
+        reply = Tuple(server, masq, proto, None, None, draw(ports), icmp[1], icmp[2])
+    else:
+        # A port may be missing (a damaged message the general walk accepted): the general encoder
+        # must then be used.
+        sport, dport, mport = (draw(ports | st.none()) for _ in range(3))
+        icmp_id = draw(st.none() | ports)
+        orig = Tuple(client, server, proto, sport, dport, icmp_id)
+        reply = Tuple(server, masq, proto, dport, mport)
+    start_ns, stop_ns = draw(instants), draw(instants)
+    ct_id = draw(st.none() | st.integers(0, 2**32 - 1))
+    counters = draw(maybe_counters), draw(maybe_counters)
+    return Conntrack("destroy", ct_id, ctnetlink.IPS_SRC_NAT, orig, reply, *counters, start_ns, stop_ns)
+
+
+@given(conntracks(), st.sampled_from(["plain", "skipped", "resync"]))
+def test_open_and_close_lines_are_the_records_the_general_encoder_makes(ct: Conntrack, kind: str) -> None:
+    """The hot path formats open and close records from templates; they must be, byte for byte, the
+    records made by building the fields and encoding them with the logger's general encoder."""
+    stream = io.StringIO()
+    config = replace(Config(), protocols=("tcp", "udp", "icmp"), ident=kind == "skipped")
+    config = replace(config, ident_rate=1e-9, ident_burst=1)
+    log = JsonLog(stream=stream, fields={"daemon": "masqlog"})
+    logger = MasqLogger(config, log, clock_ns=lambda: NOW_NS, monotonic=lambda: 100.0)
+    stamp = EpochStamp()
+    now = stamp(NOW_NS)
+    if kind == "skipped":
+        logger.limiter.try_acquire(ct.orig.src)  # spends the client's only token
+    opening = ct._replace(event="dump" if kind == "resync" else "new")
+    logger.handle(opening)
+    logger.handle(ct)
+    logger.flush()
+    conn = masqlog.connection_fields(ct)
+    opened = (stamp(ct.start_ns) if ct.start_ns else None) if kind == "resync" else now
+    extra: dict[str, Any] = {"resync": True} if kind == "resync" else {}
+    if kind == "skipped" and ct.orig.proto == 6:
+        extra = {"user": None, "ident_error": "skipped:rate"}
+    expected_open = {"ts": now, "level": "info", "event": "open", **conn, "opened": opened, **extra}
+    if ct.start_ns and ct.stop_ns:
+        duration: float | None = round((ct.stop_ns - ct.start_ns) / 1e9, 6)
+    else:
+        duration = 0.0  # the injected monotonic clock does not move
+    c_orig, c_reply = ct.counters_orig, ct.counters_reply
+    expected_close = {
+        "ts": now, "level": "info", "event": "close", **conn,
+        "opened": stamp(ct.start_ns) if ct.start_ns else opened,
+        "closed": stamp(ct.stop_ns) if ct.stop_ns else now,
+        "duration": duration,
+        "orig_packets": c_orig.packets if c_orig else None,
+        "orig_bytes": c_orig.bytes if c_orig else None,
+        "reply_packets": c_reply.packets if c_reply else None,
+        "reply_bytes": c_reply.bytes if c_reply else None,
+    }  # fmt: skip
+    expected = [
+        dumps_flat({**record, "daemon": "masqlog"}) + "\n" for record in (expected_open, expected_close)
+    ]
+    lines = stream.getvalue().splitlines(keepends=True)
+    assert lines == expected
+    assert [json.loads(line) for line in lines] == [json.loads(line) for line in expected]
 
 
 def test_config_validation_names_the_setting() -> None:
