@@ -493,12 +493,14 @@ class Bench:
         self.server_ip = str(lab.address(lab.server).ip)
         self.inside = str(lab.address(lab.client).network)
         masq_conf = json.loads(lab.sh(lab.router, "cat /etc/nattrail/masqlog.json"))
-        if self.args.ident_rate or self.args.ident_burst:
+        if self.args.ident_rate or self.args.ident_burst or self.args.reap_interval:
             self.masqlog_config_saved = json.dumps(masq_conf, indent=4) + "\n"
             if self.args.ident_rate:
                 masq_conf["ident_rate"] = float(self.args.ident_rate)
             if self.args.ident_burst:
                 masq_conf["ident_burst"] = int(self.args.ident_burst)
+            if self.args.reap_interval:
+                masq_conf["reap_interval"] = float(self.args.reap_interval)
             self.write_masqlog_config(json.dumps(masq_conf, indent=4) + "\n")
         self.masqlog_conf = masq_conf
         self.logs = {
@@ -820,6 +822,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--ident-burst", type=int, help="set masqlog's ident_burst for the run (restored after)"
+    )
+    parser.add_argument(
+        "--reap-interval",
+        type=float,
+        help="set masqlog's reap_interval for the run (restored after); 100000: no reaping walks",
     )
     parser.add_argument(
         "--install-src",

@@ -1,9 +1,9 @@
-"""Read many datagrams per system call: recvmmsg(2) through ctypes, or recv_into one at a time.
+"""Read many datagrams per system call: recvmmsg(2) through ctypes, or recvmsg one at a time.
 
 A conntrack event is one netlink datagram, so a busy router hands the masquerade logger thousands of
 them a second. Python's socket module has no recvmmsg, and a system call plus a method call per
 datagram was a third of the logger's CPU; with recvmmsg one call fetches a whole batch. Where libc has
-no recvmmsg (or ctypes cannot be loaded) the same interface falls back to ``recv_into``.
+no recvmmsg (or ctypes cannot be loaded) the same interface falls back to ``recvmsg_into``.
 
 Both readers return memoryviews into their own buffer: a batch is valid until the next ``read``.
 """
@@ -22,6 +22,7 @@ MSG_TRUNC = 0x20
 
 
 class BatchReader(Protocol):
+    name: str  # which system call reads: said in the daemon's start record
     size: int  # the largest datagram a slot holds
 
     def read(self) -> tuple[list[memoryview], int]:
@@ -64,6 +65,8 @@ def _libc_recvmmsg() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 
 class MMsgReader:
     """recvmmsg(2): up to ``count`` datagrams of up to ``size`` bytes per system call."""
+
+    name = "recvmmsg"
 
     def __init__(self, sock: socket.socket, count: int = 64, size: int = 16384) -> None:
         func = _libc_recvmmsg()
@@ -112,7 +115,9 @@ class MMsgReader:
 
 
 class RecvReader:
-    """One datagram per ``recv_into``: the fallback where recvmmsg cannot be called."""
+    """One datagram per ``recvmsg_into``: the fallback where recvmmsg cannot be called."""
+
+    name = "recvmsg"
 
     def __init__(self, sock: socket.socket, size: int = 65536) -> None:
         self._sock = sock

@@ -220,6 +220,22 @@ def test_open_and_close_lines_are_the_records_the_general_encoder_makes(ct: Conn
     assert [json.loads(line) for line in lines] == [json.loads(line) for line in expected]
 
 
+def test_reaping_walk_runs_only_while_connections_are_tracked() -> None:
+    async def scenario() -> list[int]:
+        logger, _ = make_logger()
+        walks: list[int] = []
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            daemon = masqlog.Daemon(logger, sock, list, reaper=lambda: walks.append(len(logger.tracked)) or 0)
+            await daemon.reap()  # nothing tracked: an idle router pays nothing
+            logger.handle(events()[0])
+            await daemon.reap()
+            logger.handle(events()[2])  # its close
+            await daemon.reap()
+        return walks
+
+    assert asyncio.run(scenario()) == [1]
+
+
 def test_config_validation_names_the_setting() -> None:
     assert build_config({"protocols": ["tcp", "udp"], "ident_timeout": 2}).ident_timeout == 2.0
     # The netns test below runs with the default 20 ms coalescing and still sees every event.

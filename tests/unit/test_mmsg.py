@@ -1,4 +1,4 @@
-"""Batch reads: recvmmsg through ctypes and the recv_into fallback, on real datagram sockets."""
+"""Batch reads: recvmmsg through ctypes and the recvmsg fallback, on real datagram sockets."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 READERS = {
     "recvmmsg": lambda sock: mmsg.MMsgReader(sock, count=8, size=64),
-    "recv_into": lambda sock: mmsg.RecvReader(sock, size=64),
+    "recvmsg": lambda sock: mmsg.RecvReader(sock, size=64),
 }
 
 
