@@ -634,11 +634,10 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"nattrail masqlog: cannot open {config.log}: {exc.strerror}", file=sys.stderr)
         return 1
-    # Each open connection keeps a few small records alive until it closes. With the default
-    # thresholds the collector re-walks all of them over and over on a busy router: a sixth of the
-    # daemon's CPU at 3,000 connections/s (docs/benchmarks.md). Start-up objects are frozen out of
-    # collections, and the young generation is collected per 10,000 allocations rather than 700;
-    # cycles, rare here, are still collected.
+    # Each open connection keeps a few small records alive until it closes, and the collector
+    # re-walks them all on a busy router. Start-up objects are frozen out of collections, and the
+    # young generation is collected per 10,000 allocations rather than 700; cycles, rare here, are
+    # still collected. What each part saves is in docs/benchmarks.md.
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     with contextlib.closing(log):
