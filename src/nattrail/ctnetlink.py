@@ -263,16 +263,7 @@ def _decode_general(data: bytes | memoryview, start: int, end: int, event: str) 
     ct_id = None
     c_orig = c_reply = None
     start_ns = stop_ns = None
-    if end > len(data):
-        raise DecodeError(f"attribute block runs past the message ({end} > {len(data)})")
-    pos = start
-    while pos + 4 <= end:
-        length, kind = NLA_HDR.unpack_from(data, pos)
-        if length < 4 or pos + length > end:
-            raise DecodeError(f"bad attribute length {length} at offset {pos}")
-        a, b = pos + 4, pos + length
-        pos += (length + 3) & ~3
-        kind &= NLA_TYPE_MASK
+    for kind, a, b in iter_attrs(data, start, end):
         if kind == CTA_TUPLE_ORIG:
             orig = decode_tuple(data, a, b)
         elif kind == CTA_TUPLE_REPLY:
@@ -357,6 +348,7 @@ def _fast_event(data: bytes | memoryview, start: int, end: int, event: str) -> C
     start_ns = stop_ns = None
     pos = start + _EVENT_HEAD.size
     unpack_header = NLA_HDR.unpack_from
+    # iter_attrs' walk, inlined: this loop runs for every event the router sees.
     while pos + 4 <= end:
         length, kind = unpack_header(data, pos)
         if length < 4 or pos + length > end:

@@ -139,15 +139,10 @@ def test_arbitrary_damage_never_escapes_as_another_error(noise: bytes, cut: int)
 def tuple_blocks() -> list[tuple[bytes, int, int]]:
     """(message, start, end) of every orig/reply tuple in the captured conntrack messages."""
     blocks = []
-    for _, datagram in captured():
-        pos = 0
-        while pos + 16 <= len(datagram):
-            length, kind = struct.unpack_from("=IH", datagram, pos)
-            if kind >> 8 == 1:
-                for attr, a, b in ctnetlink.iter_attrs(datagram, pos + 20, pos + length):
-                    if attr in (ctnetlink.CTA_TUPLE_ORIG, ctnetlink.CTA_TUPLE_REPLY):
-                        blocks.append((datagram, a, b))
-            pos += (length + 3) & ~3
+    for datagram, start, end, _event in conntrack_messages():
+        for attr, a, b in ctnetlink.iter_attrs(datagram, start, end):
+            if attr in (ctnetlink.CTA_TUPLE_ORIG, ctnetlink.CTA_TUPLE_REPLY):
+                blocks.append((datagram, a, b))
     return blocks
 
 
