@@ -40,6 +40,9 @@ from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat, encode_basestring
 PROTOCOLS = ("tcp", "udp", "icmp")
 GC_THRESHOLDS = (10_000, 10, 10)
 READ_BUDGET = 512  # datagrams read per wake-up before the loop lets ident tasks and timers run
+# Datagrams read before a resync reconciles: more than a full receive buffer holds, so the drain ends
+# when the queue does, yet a kernel that produces events faster than we read cannot hold the loop forever.
+DRAIN_BUDGET = 200_000
 
 Key = tuple[int | None, ctnetlink.Tuple]
 IdentQuery = Callable[..., Awaitable[ident.IdentReply]]
@@ -199,6 +202,15 @@ class Tracked(NamedTuple):
 
 
 @dataclass
+class DumpWindow:
+    """Connections opened and closed while a resync's table dump ran: the dump cannot say whether
+    they were in the table before or after it walked past them, so the resync leaves them alone."""
+
+    opened: set[Key] = field(default_factory=set)
+    closed: set[Key] = field(default_factory=set)
+
+
+@dataclass
 class Stats:
     events: int = 0
     opens: int = 0
@@ -227,6 +239,7 @@ class MasqLogger:
 
     def __post_init__(self) -> None:
         self.tracked: dict[Key, Tracked] = {}
+        self.window: DumpWindow | None = None
         self.pending: list[str] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.limiter = ident.IdentLimiter(
@@ -275,6 +288,8 @@ class MasqLogger:
     def _open(self, key: Key, ct: Conntrack, *, resync: bool) -> None:
         if key in self.tracked:
             return  # already known (a dump racing with its own NEW event)
+        if self.window is not None:
+            self.window.opened.add(key)
         now_ns = self.clock_ns()
         ts = self.stamp(now_ns)
         # A dump entry may be old: its start is the kernel's timestamp, if the kernel keeps them.
@@ -302,6 +317,8 @@ class MasqLogger:
 
     def _close(self, key: Key, ct: Conntrack) -> None:
         tracked = self.tracked.pop(key, None)
+        if self.window is not None:
+            self.window.closed.add(key)
         now_ns = self.clock_ns()
         ts = self.stamp(now_ns)
         closed = self.stamp(ct.stop_ns) if ct.stop_ns else ts
@@ -372,8 +389,19 @@ class MasqLogger:
             note="the kernel dropped conntrack events (receive buffer full); resyncing from a table dump",
         )
 
+    def begin_resync(self) -> None:
+        """A table dump starts: note what opens and closes until :meth:`resync` reconciles it."""
+        self.window = DumpWindow()
+
     def resync(self, table: list[Conntrack]) -> None:
-        """Reconcile what we believe is open with a table dump."""
+        """Reconcile what we believe is open with a table dump.
+
+        After :meth:`begin_resync`, the caller has handled every event queued before the dump ended,
+        so a connection missing from the dump closed in the gap, unless it opened while the dump ran
+        (after the walk passed its place); and one closed while the dump ran is not learnt again.
+        """
+        window, self.window = self.window, None
+        opened, closed = (window.opened, window.closed) if window is not None else (set(), set())
         self.stats.resyncs += 1
         seen: set[Key] = set()
         learnt = 0
@@ -382,10 +410,10 @@ class MasqLogger:
                 continue
             key: Key = (ct.ct_id, ct.orig)
             seen.add(key)
-            if key not in self.tracked:
+            if key not in self.tracked and key not in closed:
                 learnt += 1
                 self._open(key, ct, resync=True)
-        gone = [key for key in self.tracked if key not in seen]
+        gone = [key for key in self.tracked if key not in seen and key not in opened]
         now = self.stamp(self.clock_ns())
         for key in gone:
             tracked = self.tracked.pop(key)
@@ -418,6 +446,7 @@ class Daemon:
         self.reaper = reaper
         self.reader = reader if reader is not None else mmsg.batch_reader(sock)
         self.resyncing = False
+        self.resync_again = False  # events were lost while a dump ran: one more after it
         self.armed = False
         self.stopped = False
 
@@ -432,11 +461,22 @@ class Daemon:
             self.armed = False
 
     def on_readable(self) -> None:
+        drained = self.read_events(READ_BUDGET)
+        coalesce = self.logger.config.read_coalesce
+        if drained and coalesce > 0 and self.armed:
+            # Let events gather in the (large) receive buffer for a moment instead of waking up for
+            # each one: every wake-up costs the event loop more than decoding an event does.
+            self.disarm()
+            asyncio.get_running_loop().call_later(coalesce, self.arm)
+
+    def read_events(self, budget: int) -> bool:
+        """Read and log up to ``budget`` datagrams; say whether the queue ran empty. An overrun is
+        written down and starts a resync."""
         overrun = False
         drained = False
         received = 0
         try:
-            while received < READ_BUDGET:
+            while received < budget:
                 try:
                     views, truncated = self.reader.read()
                 except OSError as exc:
@@ -462,12 +502,7 @@ class Daemon:
             self.logger.events_lost()
             self.logger.flush()
             self.start_resync()
-        coalesce = self.logger.config.read_coalesce
-        if drained and coalesce > 0 and self.armed:
-            # Let events gather in the (large) receive buffer for a moment instead of waking up for
-            # each one: every wake-up costs the event loop more than decoding an event does.
-            self.disarm()
-            asyncio.get_running_loop().call_later(coalesce, self.arm)
+        return drained
 
     def handle_batch(self, views: list[memoryview]) -> None:
         logger = self.logger
@@ -512,23 +547,36 @@ class Daemon:
             self.logger.flush()
 
     def start_resync(self) -> None:
+        if self.stopped:
+            return  # stopping: the events_lost record stands; the next start resyncs from a dump
         if self.resyncing:
+            # The running dump may have walked past what was just lost: another one follows it.
+            self.resync_again = True
             return
         self.resyncing = True
+        self.logger.begin_resync()
         loop = asyncio.get_running_loop()
         # The dump blocks on its own socket: run it in a thread while events keep queueing.
         future = loop.run_in_executor(None, self.dump)
         future.add_done_callback(self._resync_done)
 
     def _resync_done(self, future: asyncio.Future[list[Conntrack]]) -> None:
-        self.resyncing = False
         try:
             table = future.result()
         except OSError as exc:
+            self.logger.window = None
             self.logger.emit("resync_failed", "error", error=str(exc))
         else:
+            # Events the kernel queued before the dump ended are read first: a DESTROY still waiting
+            # in the socket must close its connection with its counters, not leave the resync to
+            # call it lost and the real close to follow as a second one.
+            self.read_events(DRAIN_BUDGET)
             self.logger.resync(table)
+        self.resyncing = False
         self.logger.flush()
+        if self.resync_again and not self.stopped:
+            self.resync_again = False
+            self.start_resync()
 
 
 def syslog_sink(config: Config) -> Callable[[str], None] | None:
