@@ -20,6 +20,7 @@ NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; the socket module does not name it
+NETLINK_CAP_ACK = 10  # error replies without a copy of the request
 
 # nlmsghdr
 NLMSG_HDR = struct.Struct("=IHHII")  # length, type, flags, seq, pid
@@ -49,6 +50,7 @@ NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
 CTA_TUPLE_ORIG = 1
 CTA_TUPLE_REPLY = 2
 CTA_STATUS = 3
+CTA_TIMEOUT = 7
 CTA_COUNTERS_ORIG = 9
 CTA_COUNTERS_REPLY = 10
 CTA_ID = 12
@@ -517,3 +519,86 @@ def reap_expired(family: int = socket.AF_INET) -> int:
 
 def is_enobufs(exc: OSError) -> bool:
     return exc.errno == errno.ENOBUFS
+
+
+def _nest(kind: int, payload: bytes) -> bytes:
+    return NLA_HDR.pack(4 + len(payload), kind | NLA_F_NESTED) + payload
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    return NLA_HDR.pack(4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+
+
+def encode_tuple(tup: Tuple) -> bytes:
+    """The CTA_TUPLE_* nest body for an IPv4 tuple, as the kernel lays it out (decode_tuple reads it)."""
+    ip = _attr(CTA_IP_V4_SRC, socket.inet_aton(tup.src)) + _attr(CTA_IP_V4_DST, socket.inet_aton(tup.dst))
+    proto = _attr(CTA_PROTO_NUM, bytes([tup.proto]))
+    if tup.icmp_id is not None:
+        proto += _attr(CTA_PROTO_ICMP_ID, U16.pack(tup.icmp_id))
+        proto += _attr(CTA_PROTO_ICMP_TYPE, bytes([tup.icmp_type or 0]))
+        proto += _attr(CTA_PROTO_ICMP_CODE, bytes([tup.icmp_code or 0]))
+    else:
+        proto += _attr(CTA_PROTO_SRC_PORT, U16.pack(tup.sport or 0))
+        proto += _attr(CTA_PROTO_DST_PORT, U16.pack(tup.dport or 0))
+    return _nest(CTA_TUPLE_IP, ip) + _nest(CTA_TUPLE_PROTO, proto)
+
+
+def get_request(orig: Tuple, seq: int) -> bytes:
+    """An IPCTNL_MSG_CT_GET for the connection with this original tuple."""
+    body = NFGEN_HDR.pack(socket.AF_INET, 0, 0) + _nest(CTA_TUPLE_ORIG, encode_tuple(orig))
+    kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
+    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), kind, NLM_F_REQUEST, seq, 0) + body
+
+
+def _replies(data: bytes, answers: list[int | None], ids: list[int | None], first_seq: int) -> int:
+    """Record the answers in one datagram of GET replies: an entry's remaining timeout (seconds),
+    or None when it is gone or another connection (another id) now holds its tuple. Returns how
+    many replies it held."""
+    count = 0
+    pos = 0
+    while pos + NLMSG_HDR.size <= len(data):
+        length, kind, _flags, seq, _pid = NLMSG_HDR.unpack_from(data, pos)
+        if length < NLMSG_HDR.size or pos + length > len(data):
+            raise DecodeError(f"bad netlink message length {length} at offset {pos}")
+        index = seq - first_seq
+        if 0 <= index < len(answers):
+            count += 1
+            if kind == NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", data, pos + NLMSG_HDR.size)
+                if code and -code != errno.ENOENT:
+                    raise OSError(-code, f"conntrack lookup: {os.strerror(-code)}")
+                answers[index] = None
+            elif kind >> 8 == NFNL_SUBSYS_CTNETLINK:
+                timeout = ct_id = None
+                for attr, start, end in iter_attrs(data, pos + _EVENT_MIN, pos + length):
+                    if attr == CTA_TIMEOUT and end - start == 4:
+                        timeout = U32.unpack_from(data, start)[0]
+                    elif attr == CTA_ID and end - start == 4:
+                        ct_id = U32.unpack_from(data, start)[0]
+                answers[index] = timeout if ids[index] is None or ct_id == ids[index] else None
+        pos += (length + 3) & ~3
+    return count
+
+
+def lookup(connections: list[tuple[Tuple, int | None]], chunk: int = 256) -> list[int | None]:
+    """Ask the kernel for each connection (original tuple, conntrack id); blocking. Looking an entry
+    up makes the kernel delete every expired entry it meets, as its garbage collector would, so a
+    connection that ended is gone now and its DESTROY event follows. Returns, per connection, the
+    seconds it has left, or None when it is gone."""
+    answers: list[int | None] = [None] * len(connections)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        sock.bind((0, 0))
+        sock.settimeout(10.0)
+        for first in range(0, len(connections), chunk):
+            batch = connections[first : first + chunk]
+            # One datagram carries the whole batch: the kernel answers each request in turn.
+            sock.send(b"".join(get_request(orig, first + i + 1) for i, (orig, _) in enumerate(batch)))
+            view: list[int | None] = [None] * len(batch)
+            ids = [ct_id for _, ct_id in batch]
+            pending = len(batch)
+            while pending > 0:
+                pending -= _replies(sock.recv(1 << 16), view, ids, first + 1)
+            answers[first : first + len(batch)] = view
+    return answers

@@ -20,6 +20,8 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import heapq
+import itertools
 import json
 import math
 import signal
@@ -43,8 +45,15 @@ READ_BUDGET = 512  # datagrams read per wake-up before the loop lets ident tasks
 # Datagrams read before a resync reconciles: more than a full receive buffer holds, so the drain ends
 # when the queue does, yet a kernel that produces events faster than we read cannot hold the loop forever.
 DRAIN_BUDGET = 200_000
+# A connection found alive is looked up again when conntrack says it expires, and at least this often
+# (seconds), since a packet can shorten its timeout: a reset turns five days into ten seconds.
+RECHECK_MAX = 30.0
+# Looking one connection up costs the kernel about as much as walking 64 buckets of its hash table.
+BUCKETS_PER_LOOKUP = 64
+SYSCTL = Path("/proc/sys/net/netfilter")
 
 Key = tuple[int | None, ctnetlink.Tuple]
+Lookup = Callable[[list[tuple[ctnetlink.Tuple, int | None]]], list[int | None]]
 IdentQuery = Callable[..., Awaitable[ident.IdentReply]]
 TableDump = Callable[[], list[Conntrack]]
 
@@ -223,6 +232,8 @@ class Stats:
     ident_errors: int = 0
     ident_skipped: int = 0
     untracked: int = 0
+    lookups: int = 0  # connections looked up to make the kernel drop them if expired
+    walks: int = 0  # table walks, instead of lookups, when many connections were due at once
 
 
 @dataclass
@@ -236,10 +247,16 @@ class MasqLogger:
     monotonic: Callable[[], float] = time.monotonic
     sink: Callable[[str], None] | None = None  # the optional syslog copy
     stats: Stats = field(default_factory=Stats)
+    # Seconds after its open that a connection could first have expired: conntrack's shortest
+    # timeout (run() reads it from the kernel's settings).
+    first_check: float = 10.0
 
     def __post_init__(self) -> None:
         self.tracked: dict[Key, Tracked] = {}
         self.window: DumpWindow | None = None
+        # When each tracked connection is next looked up: (monotonic time, tie-breaker, key).
+        self.checks: list[tuple[float, int, Key]] = []
+        self.check_order = itertools.count()
         self.pending: list[str] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.limiter = ident.IdentLimiter(
@@ -295,7 +312,9 @@ class MasqLogger:
         # A dump entry may be old: its start is the kernel's timestamp, if the kernel keeps them.
         opened = ts if not resync else self.stamp(ct.start_ns) if ct.start_ns else None
         if len(self.tracked) < self.config.max_tracked:
-            self.tracked[key] = Tracked(opened, self.monotonic(), ct)
+            mono = self.monotonic()
+            self.tracked[key] = Tracked(opened, mono, ct)
+            heapq.heappush(self.checks, (mono + self.first_check, next(self.check_order), key))
         else:
             self.stats.untracked += 1
         self.stats.opens += 1
@@ -389,6 +408,22 @@ class MasqLogger:
             note="the kernel dropped conntrack events (receive buffer full); resyncing from a table dump",
         )
 
+    # --- expiry -------------------------------------------------------------------------------------
+
+    def due(self, now: float) -> list[Key]:
+        """The tracked connections whose lookup time has come (closed ones are dropped on the way)."""
+        checks, tracked = self.checks, self.tracked
+        keys = []
+        while checks and checks[0][0] <= now:
+            key = heapq.heappop(checks)[2]
+            if key in tracked:
+                keys.append(key)
+        return keys
+
+    def recheck(self, key: Key, at: float) -> None:
+        if key in self.tracked:
+            heapq.heappush(self.checks, (at, next(self.check_order), key))
+
     def begin_resync(self) -> None:
         """A table dump starts: note what opens and closes until :meth:`resync` reconciles it."""
         self.window = DumpWindow()
@@ -429,6 +464,16 @@ class MasqLogger:
         return {**vars(self.stats), "tracked": len(self.tracked), "ident_in_flight": self.limiter.in_flight}
 
 
+@dataclass(frozen=True)
+class Reaping:
+    """How expired connections are made to go: by looking them up, or by a table walk when more
+    than ``walk_above`` are due at once."""
+
+    walk: Callable[[], int] = ctnetlink.reap_expired
+    lookup: Lookup = ctnetlink.lookup
+    walk_above: int = 4096
+
+
 class Daemon:
     """The netlink socket and the event loop around a MasqLogger."""
 
@@ -438,12 +483,12 @@ class Daemon:
         sock: socket.socket,
         dump: TableDump,
         reader: mmsg.BatchReader | None = None,
-        reaper: Callable[[], int] = ctnetlink.reap_expired,
+        reaping: Reaping | None = None,
     ) -> None:
         self.logger = logger
         self.sock = sock
         self.dump = dump
-        self.reaper = reaper
+        self.reaping = reaping if reaping is not None else Reaping()
         self.reader = reader if reader is not None else mmsg.batch_reader(sock)
         self.resyncing = False
         self.resync_again = False  # events were lost while a dump ran: one more after it
@@ -538,13 +583,34 @@ class Daemon:
         self.logger.flush()
 
     async def reap(self) -> None:
-        if not self.logger.tracked:
-            return  # no connection of ours can be waiting for its close: spare the table walk
+        """Make the kernel drop the expired connections among ours now, so that their DESTROY
+        events (and stop timestamps) come when they expire, not when conntrack's garbage collector
+        next passes (up to a minute later; and then all at once, which can overrun every listener).
+        Each connection due is looked up; when more are due than a table walk costs, the table is
+        walked instead."""
+        logger = self.logger
+        now = logger.monotonic()
+        due = logger.due(now)
+        if not due:
+            return  # nothing of ours can have expired since the last pass: the kernel is spared
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self.reaper)
+            if len(due) > self.reaping.walk_above:
+                logger.stats.walks += 1
+                await loop.run_in_executor(None, self.reaping.walk)
+                answers: list[int | None] = [logger.first_check] * len(due)
+            else:
+                logger.stats.lookups += len(due)
+                answers = await loop.run_in_executor(
+                    None, self.reaping.lookup, [(key[1], key[0]) for key in due]
+                )
         except OSError as exc:
-            self.logger.emit("reap_failed", "warning", error=str(exc))
-            self.logger.flush()
+            logger.emit("reap_failed", "warning", error=str(exc))
+            logger.flush()
+            answers = [logger.first_check] * len(due)
+        for key, left in zip(due, answers, strict=True):
+            if left is not None:  # alive: look again when conntrack says it expires
+                logger.recheck(key, now + min(left + 1.0, RECHECK_MAX))
 
     def start_resync(self) -> None:
         if self.stopped:
@@ -579,6 +645,25 @@ class Daemon:
             self.start_resync()
 
 
+def shortest_timeout(sysctl: Path = SYSCTL) -> float:
+    """Conntrack's shortest timeout in seconds (TCP's CLOSE, 10 s, by default): no connection can
+    expire sooner after its last packet."""
+    values = []
+    for path in sysctl.glob("nf_conntrack_*timeout*"):
+        with contextlib.suppress(OSError, ValueError):
+            values.append(int(path.read_text()))
+    return float(max(1, min((v for v in values if v > 0), default=10)))
+
+
+def walk_threshold(sysctl: Path = SYSCTL) -> int:
+    """How many connections may be looked up in one pass before walking the table costs less."""
+    try:
+        buckets = int((sysctl / "nf_conntrack_buckets").read_text())
+    except (OSError, ValueError):
+        buckets = 262_144
+    return max(1, buckets // BUCKETS_PER_LOOKUP)
+
+
 def syslog_sink(config: Config) -> Callable[[str], None] | None:
     if not config.syslog:
         return None
@@ -600,9 +685,9 @@ async def every(interval: float, action: Callable[[], Awaitable[None] | None]) -
 
 async def run(config: Config, *, log: JsonLog) -> int:
     loop = asyncio.get_running_loop()
-    logger = MasqLogger(config, log, sink=syslog_sink(config))
+    logger = MasqLogger(config, log, sink=syslog_sink(config), first_check=shortest_timeout())
     sock = ctnetlink.event_socket(config.rcvbuf)
-    daemon = Daemon(logger, sock, ctnetlink.dump_table)
+    daemon = Daemon(logger, sock, ctnetlink.dump_table, reaping=Reaping(walk_above=walk_threshold()))
     stop = asyncio.Event()
     handlers: dict[signal.Signals, Callable[[], None]] = {
         signal.SIGTERM: stop.set,
@@ -614,7 +699,8 @@ async def run(config: Config, *, log: JsonLog) -> int:
         loop.add_signal_handler(signum, handler)
     granted = ctnetlink.granted_rcvbuf(sock)
     logger.emit("start", version=__version__, protocols=list(config.protocols), ident=config.ident,
-                rcvbuf=granted, reader=daemon.reader.name)  # fmt: skip
+                rcvbuf=granted, reader=daemon.reader.name, first_check=logger.first_check,
+                walk_above=daemon.reaping.walk_above)  # fmt: skip
     if granted < config.rcvbuf:
         logger.emit("rcvbuf_capped", "warning", asked=config.rcvbuf, granted=granted)
     logger.flush()

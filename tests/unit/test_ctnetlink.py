@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import errno
 import socket
 import struct
 from pathlib import Path
@@ -13,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nattrail import ctnetlink
-from nattrail.ctnetlink import Conntrack, DecodeError, NetlinkError
+from nattrail.ctnetlink import Conntrack, DecodeError, NetlinkError, Tuple
 
 CAPTURE = Path(__file__).parent / "data" / "ctnetlink-capture.txt"
 
@@ -276,3 +277,63 @@ def test_decode_event_never_disagrees_with_the_walk(cut: int, noise: bytes, data
         return
     if event is not None:
         assert walked == [event]
+
+
+# --- looking connections up ------------------------------------------------------------------------------
+
+
+def test_encoded_tuples_are_the_kernels_layout() -> None:
+    """The request's tuple nest is byte for byte what the kernel itself sends for the same tuple."""
+    for datagram, a, b in tuple_blocks():
+        tup = ctnetlink.decode_tuple(datagram, a, b)
+        if tup.icmp_id is None:
+            assert ctnetlink.encode_tuple(tup) == bytes(datagram[a:b])
+
+
+@st.composite
+def tuples(draw: st.DrawFn) -> Tuple:
+    src, dst = draw(st.ip_addresses(v=4).map(str)), draw(st.ip_addresses(v=4).map(str))
+    proto = draw(st.sampled_from([6, 17, 1]))
+    if proto == 1:
+        icmp_id, icmp_type, icmp_code = (draw(st.integers(0, top)) for top in (65535, 255, 255))
+        return Tuple(src, dst, proto, icmp_id=icmp_id, icmp_type=icmp_type, icmp_code=icmp_code)
+    return Tuple(src, dst, proto, sport=draw(st.integers(0, 65535)), dport=draw(st.integers(0, 65535)))
+
+
+@given(tuples())
+def test_encoded_tuple_decodes_to_itself(tup: Tuple) -> None:
+    data = ctnetlink.encode_tuple(tup)
+    assert ctnetlink.decode_tuple(data, 0, len(data)) == tup
+
+
+def reply(message: bytes, seq: int) -> bytes:
+    """One netlink message with its sequence number replaced."""
+    length, kind, flags, _seq, pid = ctnetlink.NLMSG_HDR.unpack_from(message, 0)
+    return (
+        ctnetlink.NLMSG_HDR.pack(length, kind, flags, seq, pid) + message[ctnetlink.NLMSG_HDR.size : length]
+    )
+
+
+def error(code: int, seq: int) -> bytes:
+    body = struct.pack("=i", -code) + ctnetlink.NLMSG_HDR.pack(16, 0, 0, seq, 0)
+    return ctnetlink.NLMSG_HDR.pack(16 + len(body), ctnetlink.NLMSG_ERROR, 0x100, seq, 0) + body
+
+
+def test_lookup_replies_give_time_left_or_gone() -> None:
+    dump = captured()[6][1]
+    entry = ctnetlink.decode_conntrack(dump, 20, ctnetlink.NLMSG_HDR.unpack_from(dump, 0)[0], "dump")
+    timeout = next(
+        ctnetlink.U32.unpack_from(dump, a)[0]
+        for kind, a, _ in ctnetlink.iter_attrs(dump, 20, ctnetlink.NLMSG_HDR.unpack_from(dump, 0)[0])
+        if kind == ctnetlink.CTA_TIMEOUT
+    )
+    answers: list[int | None] = [-1, -1, -1]
+    ids = [entry.ct_id, None, (entry.ct_id or 0) + 1]
+    # Each reply is its own datagram in practice; one datagram with all three reads the same.
+    datagram = reply(dump, 7) + error(errno.ENOENT, 8) + reply(dump, 9)
+    assert ctnetlink._replies(datagram, answers, ids, 7) == 3
+    # Alive: its seconds left; gone; and a newer connection on the same tuple (another id): gone.
+    assert answers == [timeout, None, None]
+    assert ctnetlink._replies(error(errno.ENOENT, 99), answers, ids, 7) == 0  # not ours: ignored
+    with pytest.raises(OSError, match="conntrack lookup"):
+        ctnetlink._replies(error(errno.EINVAL, 8), answers, ids, 7)

@@ -221,20 +221,76 @@ def test_open_and_close_lines_are_the_records_the_general_encoder_makes(ct: Conn
     assert [json.loads(line) for line in lines] == [json.loads(line) for line in expected]
 
 
-def test_reaping_walk_runs_only_while_connections_are_tracked() -> None:
-    async def scenario() -> list[int]:
-        logger, _ = make_logger()
-        walks: list[int] = []
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            daemon = masqlog.Daemon(logger, sock, list, reaper=lambda: walks.append(len(logger.tracked)) or 0)
-            await daemon.reap()  # nothing tracked: an idle router pays nothing
-            logger.handle(events()[0])
-            await daemon.reap()
-            logger.handle(events()[2])  # its close
-            await daemon.reap()
-        return walks
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
 
-    assert asyncio.run(scenario()) == [1]
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> None:
+    """Each connection is looked up once it could have expired, again when the kernel says it
+    expires; a pass with more connections due than ``walk_above`` walks the table instead."""
+
+    async def scenario() -> tuple[list[list[int | None]], list[int], masqlog.Stats]:
+        clock = Clock()
+        logger, _ = make_logger()
+        logger.monotonic = clock
+        asked: list[list[int | None]] = []
+        answers = [[5], [None]]
+        walks: list[int] = []
+
+        def lookup(conns: list[tuple[Tuple, int | None]]) -> list[int | None]:
+            asked.append([ct_id for _, ct_id in conns])
+            return answers.pop(0)
+
+        reaping = masqlog.Reaping(
+            walk=lambda: walks.append(len(logger.tracked)) or 0, lookup=lookup, walk_above=1
+        )
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            daemon = masqlog.Daemon(logger, sock, list, reaping=reaping)
+            await daemon.reap()  # nothing tracked: the kernel is left alone
+            tcp_new, _icmp, tcp_end = events()[:3]
+            logger.handle(tcp_new)
+            clock.now += 9.9
+            await daemon.reap()  # younger than conntrack's shortest timeout: cannot have expired
+            clock.now += 0.2
+            await daemon.reap()  # due: looked up; the kernel says 5 s left
+            clock.now += 5.5
+            await daemon.reap()  # not yet
+            clock.now += 1.0
+            await daemon.reap()  # due again: gone (its DESTROY is on its way)
+            clock.now += 60
+            await daemon.reap()  # not asked again
+            logger.handle(tcp_end)  # the DESTROY
+            # Two due at once, above walk_above: one walk instead of two lookups.
+            logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 1))
+            logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 2))
+            clock.now += 10
+            await daemon.reap()
+            logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 1))
+            logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 2))
+            clock.now += 60
+            await daemon.reap()  # both closed since: nothing left to do
+        return asked, walks, logger.stats
+
+    asked, walks, stats = asyncio.run(scenario())
+    ct_id = events()[0].ct_id
+    assert asked == [[ct_id], [ct_id]]
+    assert walks == [2]
+    assert (stats.lookups, stats.walks) == (2, 1)
+
+
+def test_shortest_timeout_and_walk_threshold_come_from_the_kernel_settings(tmp_path: Path) -> None:
+    (tmp_path / "nf_conntrack_tcp_timeout_close").write_text("10\n")
+    (tmp_path / "nf_conntrack_udp_timeout").write_text("30\n")
+    (tmp_path / "nf_conntrack_buckets").write_text("16384\n")
+    assert masqlog.shortest_timeout(tmp_path) == 10.0
+    assert masqlog.walk_threshold(tmp_path) == 256
+    (tmp_path / "nf_conntrack_tcp_timeout_close").write_text("0\n")  # 0 means "not used", not "now"
+    assert masqlog.shortest_timeout(tmp_path) == 30.0
+    assert masqlog.shortest_timeout(tmp_path / "absent") == 10.0
 
 
 def resync_against(queued: list[bytes], table: list[Conntrack], tracked: list[Conntrack]) -> io.StringIO:
@@ -396,6 +452,10 @@ def test_daemon_in_a_network_namespace(tmp_path: Path) -> None:
     assert opened_reset(logged, report["reset_ports"]) <= closed_ports(logged)
     assert closed_ports(logged) & set(report["reset_ports"]), "no reset connection was logged at all"
     assert logged[-1]["event"] == "stop"
+    # Closes came from the kernel's own lookups (conntrack's CLOSE timeout is 1 s here, and the
+    # daemon knows it), not from its garbage collector.
+    assert logged[0]["first_check"] == 1.0
+    assert logged[-1]["lookups"] > 0
     for line in (tmp_path / "masq.log").read_text().splitlines():
         json.loads(line)  # every line whole
 
