@@ -645,13 +645,14 @@ class Daemon:
             self.start_resync()
 
 
-def shortest_timeout(sysctl: Path = SYSCTL) -> float:
-    """Conntrack's shortest timeout in seconds (TCP's CLOSE, 10 s, by default): no connection can
-    expire sooner after its last packet."""
+def shortest_timeout(protocols: tuple[str, ...], sysctl: Path = SYSCTL) -> float:
+    """Conntrack's shortest timeout in seconds for the protocols logged (TCP's CLOSE, 10 s, by
+    default): none of their connections can expire sooner after its last packet."""
     values = []
-    for path in sysctl.glob("nf_conntrack_*timeout*"):
-        with contextlib.suppress(OSError, ValueError):
-            values.append(int(path.read_text()))
+    for proto in protocols:
+        for path in sysctl.glob(f"nf_conntrack_{proto}_timeout*"):
+            with contextlib.suppress(OSError, ValueError):
+                values.append(int(path.read_text()))
     return float(max(1, min((v for v in values if v > 0), default=10)))
 
 
@@ -685,7 +686,7 @@ async def every(interval: float, action: Callable[[], Awaitable[None] | None]) -
 
 async def run(config: Config, *, log: JsonLog) -> int:
     loop = asyncio.get_running_loop()
-    logger = MasqLogger(config, log, sink=syslog_sink(config), first_check=shortest_timeout())
+    logger = MasqLogger(config, log, sink=syslog_sink(config), first_check=shortest_timeout(config.protocols))
     sock = ctnetlink.event_socket(config.rcvbuf)
     daemon = Daemon(logger, sock, ctnetlink.dump_table, reaping=Reaping(walk_above=walk_threshold()))
     stop = asyncio.Event()

@@ -283,14 +283,15 @@ def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> No
 
 
 def test_shortest_timeout_and_walk_threshold_come_from_the_kernel_settings(tmp_path: Path) -> None:
-    (tmp_path / "nf_conntrack_tcp_timeout_close").write_text("10\n")
-    (tmp_path / "nf_conntrack_udp_timeout").write_text("30\n")
-    (tmp_path / "nf_conntrack_buckets").write_text("16384\n")
-    assert masqlog.shortest_timeout(tmp_path) == 10.0
+    for name, value in (("tcp_timeout_close", 10), ("tcp_timeout_time_wait", 120), ("udp_timeout", 30),
+                        ("sctp_timeout_cookie_wait", 3), ("buckets", 16384)):  # fmt: skip
+        (tmp_path / f"nf_conntrack_{name}").write_text(f"{value}\n")
+    assert masqlog.shortest_timeout(("tcp",), tmp_path) == 10.0  # SCTP's 3 s is not ours
+    assert masqlog.shortest_timeout(("udp",), tmp_path) == 30.0
     assert masqlog.walk_threshold(tmp_path) == 256
-    (tmp_path / "nf_conntrack_tcp_timeout_close").write_text("0\n")  # 0 means "not used", not "now"
-    assert masqlog.shortest_timeout(tmp_path) == 30.0
-    assert masqlog.shortest_timeout(tmp_path / "absent") == 10.0
+    (tmp_path / "nf_conntrack_tcp_timeout_close").write_text("0\n")  # 0 is no timeout, not "at once"
+    assert masqlog.shortest_timeout(("tcp", "udp"), tmp_path) == 30.0
+    assert masqlog.shortest_timeout(("tcp",), tmp_path / "absent") == 10.0
 
 
 def resync_against(queued: list[bytes], table: list[Conntrack], tracked: list[Conntrack]) -> io.StringIO:
