@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 from collections.abc import Iterator
 from typing import Any, NamedTuple
+
+from nattrail import mmsg
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -550,7 +553,9 @@ def get_request(orig: Tuple, seq: int) -> bytes:
     return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), kind, NLM_F_REQUEST, seq, 0) + body
 
 
-def _replies(data: bytes, answers: list[int | None], ids: list[int | None], first_seq: int) -> int:
+def _replies(
+    data: bytes | memoryview, answers: list[int | None], ids: list[int | None], first_seq: int
+) -> int:
     """Record the answers in one datagram of GET replies: an entry's remaining timeout (seconds),
     or None when it is gone or another connection (another id) now holds its tuple. Returns how
     many replies it held."""
@@ -580,25 +585,86 @@ def _replies(data: bytes, answers: list[int | None], ids: list[int | None], firs
     return count
 
 
-def lookup(connections: list[tuple[Tuple, int | None]], chunk: int = 256) -> list[int | None]:
-    """Ask the kernel for each connection (original tuple, conntrack id); blocking. Looking an entry
-    up makes the kernel delete every expired entry it meets, as its garbage collector would, so a
-    connection that ended is gone now and its DESTROY event follows. Returns, per connection, the
-    seconds it has left, or None when it is gone."""
-    answers: list[int | None] = [None] * len(connections)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        sock.bind((0, 0))
-        sock.settimeout(10.0)
-        for first in range(0, len(connections), chunk):
-            batch = connections[first : first + chunk]
-            # One datagram carries the whole batch: the kernel answers each request in turn.
-            sock.send(b"".join(get_request(orig, first + i + 1) for i, (orig, _) in enumerate(batch)))
+# A GET for an IPv4 TCP or UDP connection is always this layout: one pack, the addresses and ports
+# already in network order, the attribute headers as constants between them.
+_GET_LEN = 72
+_GET_CONSTANTS = (
+    NFGEN_HDR.pack(socket.AF_INET, 0, 0) + NLA_HDR.pack(52, CTA_TUPLE_ORIG | NLA_F_NESTED)
+    + NLA_HDR.pack(20, CTA_TUPLE_IP | NLA_F_NESTED) + NLA_HDR.pack(8, CTA_IP_V4_SRC),
+    NLA_HDR.pack(8, CTA_IP_V4_DST),
+    NLA_HDR.pack(28, CTA_TUPLE_PROTO | NLA_F_NESTED) + NLA_HDR.pack(5, CTA_PROTO_NUM),
+    b"\0\0\0" + NLA_HDR.pack(6, CTA_PROTO_SRC_PORT),
+    b"\0\0" + NLA_HDR.pack(6, CTA_PROTO_DST_PORT),
+)  # fmt: skip
+_GET_FAST = struct.Struct(
+    "=IHHII" + "".join(f"{len(c)}s4s" for c in _GET_CONSTANTS[:2]) + f"{len(_GET_CONSTANTS[2])}sB"
+    + f"{len(_GET_CONSTANTS[3])}s2s{len(_GET_CONSTANTS[4])}s2s2x"
+)  # fmt: skip
+_GET_KIND = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
+
+
+def _get_fast(orig: Tuple, seq: int) -> bytes:
+    if orig.sport is None or orig.dport is None or orig.proto not in _FAST_PROTOS or orig.icmp_id is not None:
+        return get_request(orig, seq)
+    c = _GET_CONSTANTS
+    src, dst = socket.inet_aton(orig.src), socket.inet_aton(orig.dst)
+    sport, dport = U16.pack(orig.sport), U16.pack(orig.dport)
+    return _GET_FAST.pack(_GET_LEN, _GET_KIND, NLM_F_REQUEST, seq, 0,
+                          c[0], src, c[1], dst, c[2], orig.proto, c[3], sport, c[4], dport)  # fmt: skip
+
+
+class Lookup:
+    """Looks connections up by their original tuple and conntrack id, on a socket kept open.
+
+    Looking an entry up makes the kernel delete every expired entry it meets, as its garbage
+    collector would, so a connection that ended is gone now and its DESTROY event follows. Called
+    with a list of (tuple, id); returns per connection the seconds it has left, or None when it is
+    gone. Blocking: the daemon calls it from a worker thread.
+    """
+
+    def __init__(self, chunk: int = 256) -> None:
+        self.chunk = chunk
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            self.sock.bind((0, 0))
+        except BaseException:
+            self.sock.close()
+            raise
+        self.reader = mmsg.batch_reader(self.sock, 64, 4096)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Lookup:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __call__(self, connections: list[tuple[Tuple, int | None]]) -> list[int | None]:
+        answers: list[int | None] = [None] * len(connections)
+        for first in range(0, len(connections), self.chunk):
+            batch = connections[first : first + self.chunk]
+            # One datagram carries the whole batch: the kernel answers each request in turn, before
+            # send returns.
+            self.sock.send(b"".join(_get_fast(orig, first + i + 1) for i, (orig, _) in enumerate(batch)))
             view: list[int | None] = [None] * len(batch)
             ids = [ct_id for _, ct_id in batch]
             pending = len(batch)
             while pending > 0:
-                pending -= _replies(sock.recv(1 << 16), view, ids, first + 1)
+                datagrams, truncated = self.reader.read()
+                pending -= truncated  # a reply too large to read: its connection counts as gone
+                if not datagrams and not truncated and not select.select([self.sock], [], [], 10.0)[0]:
+                    raise OSError(errno.ETIMEDOUT, "conntrack lookup: no reply in 10 s")
+                for datagram in datagrams:
+                    pending -= _replies(datagram, view, ids, first + 1)
             answers[first : first + len(batch)] = view
-    return answers
+        return answers
+
+
+def lookup(connections: list[tuple[Tuple, int | None]]) -> list[int | None]:
+    """:class:`Lookup` on a socket of its own."""
+    with Lookup() as looker:
+        return looker(connections)

@@ -306,6 +306,11 @@ def test_encoded_tuple_decodes_to_itself(tup: Tuple) -> None:
     assert ctnetlink.decode_tuple(data, 0, len(data)) == tup
 
 
+@given(tuples(), st.integers(0, 2**32 - 1))
+def test_fixed_layout_request_is_the_general_one(tup: Tuple, seq: int) -> None:
+    assert ctnetlink._get_fast(tup, seq) == ctnetlink.get_request(tup, seq)
+
+
 def reply(message: bytes, seq: int) -> bytes:
     """One netlink message with its sequence number replaced."""
     length, kind, flags, _seq, pid = ctnetlink.NLMSG_HDR.unpack_from(message, 0)
