@@ -618,8 +618,8 @@ class Lookup:
 
     Looking an entry up makes the kernel delete every expired entry it meets, as its garbage
     collector would, so a connection that ended is gone now and its DESTROY event follows. Called
-    with a list of (tuple, id); returns per connection the seconds it has left, or None when it is
-    gone. Blocking: the daemon calls it from a worker thread.
+    with a list of (id, original tuple); returns per connection the seconds it has left, or None
+    when it is gone. Blocking, but the kernel answers each batch within its send.
     """
 
     def __init__(self, chunk: int = 256) -> None:
@@ -643,15 +643,15 @@ class Lookup:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def __call__(self, connections: list[tuple[Tuple, int | None]]) -> list[int | None]:
+    def __call__(self, connections: list[tuple[int | None, Tuple]]) -> list[int | None]:
         answers: list[int | None] = [None] * len(connections)
         for first in range(0, len(connections), self.chunk):
             batch = connections[first : first + self.chunk]
             # One datagram carries the whole batch: the kernel answers each request in turn, before
             # send returns.
-            self.sock.send(b"".join(_get_fast(orig, first + i + 1) for i, (orig, _) in enumerate(batch)))
+            self.sock.send(b"".join(_get_fast(orig, first + i + 1) for i, (_, orig) in enumerate(batch)))
             view: list[int | None] = [None] * len(batch)
-            ids = [ct_id for _, ct_id in batch]
+            ids = [ct_id for ct_id, _ in batch]
             pending = len(batch)
             while pending > 0:
                 datagrams, truncated = self.reader.read()
@@ -664,7 +664,7 @@ class Lookup:
         return answers
 
 
-def lookup(connections: list[tuple[Tuple, int | None]]) -> list[int | None]:
+def lookup(connections: list[tuple[int | None, Tuple]]) -> list[int | None]:
     """:class:`Lookup` on a socket of its own."""
     with Lookup() as looker:
         return looker(connections)

@@ -29,6 +29,7 @@ import socket
 import sys
 import syslog
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -53,7 +54,7 @@ BUCKETS_PER_LOOKUP = 64
 SYSCTL = Path("/proc/sys/net/netfilter")
 
 Key = tuple[int | None, ctnetlink.Tuple]
-Lookup = Callable[[list[tuple[ctnetlink.Tuple, int | None]]], list[int | None]]
+Lookup = Callable[[list[Key]], list[int | None]]
 IdentQuery = Callable[..., Awaitable[ident.IdentReply]]
 TableDump = Callable[[], list[Conntrack]]
 
@@ -208,6 +209,7 @@ class Tracked(NamedTuple):
     opened: str | None
     opened_mono: float
     ct: Conntrack  # kept so that a close lost in an overrun can still be written in full
+    conn: str  # connection_json(ct), made at the open and written again by the close
 
 
 @dataclass
@@ -254,7 +256,10 @@ class MasqLogger:
     def __post_init__(self) -> None:
         self.tracked: dict[Key, Tracked] = {}
         self.window: DumpWindow | None = None
-        # When each tracked connection is next looked up: (monotonic time, tie-breaker, key).
+        # When each tracked connection is next looked up. First lookups come a fixed time after the
+        # open, so they queue in order; later ones (at the time conntrack gives) go to a heap of
+        # (monotonic time, tie-breaker, key).
+        self.first_checks: deque[tuple[float, Key]] = deque()
         self.checks: list[tuple[float, int, Key]] = []
         self.check_order = itertools.count()
         self.pending: list[str] = []
@@ -311,10 +316,11 @@ class MasqLogger:
         ts = self.stamp(now_ns)
         # A dump entry may be old: its start is the kernel's timestamp, if the kernel keeps them.
         opened = ts if not resync else self.stamp(ct.start_ns) if ct.start_ns else None
+        conn = connection_json(ct)  # the same at the close: the tuples and the id never change
         if len(self.tracked) < self.config.max_tracked:
             mono = self.monotonic()
-            self.tracked[key] = Tracked(opened, mono, ct)
-            heapq.heappush(self.checks, (mono + self.first_check, next(self.check_order), key))
+            self.tracked[key] = Tracked(opened, mono, ct, conn)
+            self.first_checks.append((mono + self.first_check, key))
         else:
             self.stats.untracked += 1
         self.stats.opens += 1
@@ -329,7 +335,7 @@ class MasqLogger:
                 # connection, not two.
                 self.stats.ident_skipped += 1
                 extra = f',"user":null,"ident_error":{encode_basestring(f"skipped:{reason}")}'
-        body = f'{connection_json(ct)},"opened":{_json(opened)}{extra}'
+        body = f'{conn},"opened":{_json(opened)}{extra}'
         self.pending.append(self.open_format % (ts, body))
         if asked:
             self._start_ident(connection_fields(ct), ct)
@@ -361,7 +367,8 @@ class MasqLogger:
             reply_counts = '"reply_packets":null,"reply_bytes":null'
         else:
             reply_counts = f'"reply_packets":{c_reply.packets},"reply_bytes":{c_reply.bytes}'
-        body = (f'{connection_json(ct)},"opened":{_json(opened)},"closed":"{closed}",'
+        conn = tracked.conn if tracked is not None else connection_json(ct)
+        body = (f'{conn},"opened":{_json(opened)},"closed":"{closed}",'
                 f'"duration":{_json(duration)},{orig_counts},{reply_counts}')  # fmt: skip
         self.pending.append(self.close_format % (ts, body))
 
@@ -412,8 +419,12 @@ class MasqLogger:
 
     def due(self, now: float) -> list[Key]:
         """The tracked connections whose lookup time has come (closed ones are dropped on the way)."""
-        checks, tracked = self.checks, self.tracked
+        first, checks, tracked = self.first_checks, self.checks, self.tracked
         keys = []
+        while first and first[0][0] <= now:
+            key = first.popleft()[1]
+            if key in tracked:
+                keys.append(key)
         while checks and checks[0][0] <= now:
             key = heapq.heappop(checks)[2]
             if key in tracked:
@@ -603,7 +614,7 @@ class Daemon:
                 logger.stats.lookups += len(due)
                 # In the loop's own thread: a few microseconds a connection (the kernel answers
                 # within send), less than handing the batch to a worker thread costs.
-                answers = self.reaping.lookup([(key[1], key[0]) for key in due])
+                answers = self.reaping.lookup(due)
         except OSError as exc:
             logger.emit("reap_failed", "warning", error=str(exc))
             logger.flush()

@@ -241,8 +241,8 @@ def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> No
         answers = [[5], [None]]
         walks: list[int] = []
 
-        def lookup(conns: list[tuple[Tuple, int | None]]) -> list[int | None]:
-            asked.append([ct_id for _, ct_id in conns])
+        def lookup(conns: list[tuple[int | None, Tuple]]) -> list[int | None]:
+            asked.append([ct_id for ct_id, _ in conns])
             return answers.pop(0)
 
         reaping = masqlog.Reaping(
