@@ -4,15 +4,16 @@
 Inside a private network namespace (``unshare --net``; nothing leaves it): connections to 127.0.0.3
 are source-NATed to 127.0.0.2 by an nft rule, so conntrack marks them exactly as a masquerade on a
 router does. The daemon runs from this checkout's ``src/`` with its defaults (ident on, 5/s per
-client; a table walk every 2 s), the client opens connections at a fixed rate and resets them
-(SO_LINGER 0), so each entry dies --close-timeout seconds later and a DESTROY follows. Reported per
+client; expired connections reaped every 2 s), the client opens connections at a fixed rate and
+resets them (SO_LINGER 0), so each entry dies --close-timeout seconds later and a DESTROY follows.
+Reported per
 run: opens and closes logged, and the daemon's user and system CPU (/proc/PID/stat) over the whole
 window divided by the events logged.
 
 This is the quick loop for working on the daemon's hot path; bench/masqlog_rate.py is the benchmark
 against ulogd2 and natlog on the lab. ``--gc-thresholds 700,10,10`` runs the daemon with Python's
 default collector thresholds, to measure what its own setting saves; ``--set KEY=JSON`` changes one of
-its settings (``--set reap_interval=1000``: no reaping table walks).
+its settings (``--set reap_interval=1000``: no reaping at all).
 
 Run as root on the host (``unshare`` needs it):
   python3 bench/masqlog_netns.py --rate 3000 --seconds 10 --close-timeout 10 --runs 3

@@ -628,7 +628,7 @@ class Bench:
 
     def drain(self) -> dict[str, Any]:
         """Wait until every connection's entry is gone and the logs have stopped growing."""
-        # Without reaping walks (a huge reap_interval) expired entries wait for conntrack's garbage
+        # Without reaping (a huge reap_interval) expired entries wait for conntrack's garbage
         # collector, up to a minute: the polling below (up to --max-drain) covers that.
         reap = min(float(self.masqlog_conf.get("reap_interval", 2.0)), 5.0)
         time.sleep(self.args.hold + self.close_timeout + 2 * reap + 1)
@@ -828,7 +828,7 @@ def main() -> int:
     parser.add_argument(
         "--reap-interval",
         type=float,
-        help="set masqlog's reap_interval for the run (restored after); 100000: no reaping walks "
+        help="set masqlog's reap_interval for the run (restored after); 100000: no reaping "
         "(then give --max-drain 90: closes wait for conntrack's garbage collector)",
     )
     parser.add_argument(

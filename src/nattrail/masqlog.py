@@ -431,6 +431,14 @@ class MasqLogger:
                 keys.append(key)
         return keys
 
+    def check_again(self, keys: list[Key]) -> None:
+        """Queue keys for another lookup ``first_check`` from now, behind the first lookups of the
+        connections opened so far, which are all due sooner: the queue stays in order."""
+        at = self.monotonic() + self.first_check
+        append = self.first_checks.append
+        for key in keys:
+            append((at, key))
+
     def recheck(self, key: Key, at: float) -> None:
         if key in self.tracked:
             heapq.heappush(self.checks, (at, next(self.check_order), key))
@@ -609,16 +617,17 @@ class Daemon:
             if len(due) > self.reaping.walk_above:
                 logger.stats.walks += 1
                 await loop.run_in_executor(None, self.reaping.walk)
-                answers: list[int | None] = [logger.first_check] * len(due)
-            else:
-                logger.stats.lookups += len(due)
-                # In the loop's own thread: a few microseconds a connection (the kernel answers
-                # within send), less than handing the batch to a worker thread costs.
-                answers = self.reaping.lookup(due)
+                logger.check_again(due)  # most are closing meanwhile: their DESTROYs are queued
+                return
+            logger.stats.lookups += len(due)
+            # In the loop's own thread: a few microseconds a connection (the kernel answers
+            # within send), less than handing the batch to a worker thread costs.
+            answers = self.reaping.lookup(due)
         except OSError as exc:
             logger.emit("reap_failed", "warning", error=str(exc))
             logger.flush()
-            answers = [logger.first_check] * len(due)
+            logger.check_again(due)
+            return
         for key, left in zip(due, answers, strict=True):
             if left is not None:  # alive: look again when conntrack says it expires
                 logger.recheck(key, now + min(left + 1.0, RECHECK_MAX))
