@@ -238,7 +238,7 @@ def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> No
         logger, _ = make_logger()
         logger.monotonic = clock
         asked: list[list[int | None]] = []
-        answers = [[5], [None]]
+        answers = [[5], [None], [None]]
         walks: list[int] = []
 
         def lookup(conns: list[tuple[int | None, Tuple]]) -> list[int | None]:
@@ -269,17 +269,19 @@ def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> No
             logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 2))
             clock.now += 10
             await daemon.reap()
-            logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 1))
+            logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 1))  # one closed by the walk
+            clock.now += 10
+            await daemon.reap()  # the other, still open, is looked up again
             logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 2))
             clock.now += 60
-            await daemon.reap()  # both closed since: nothing left to do
+            await daemon.reap()  # both closed: nothing left to do
         return asked, walks, logger.stats
 
     asked, walks, stats = asyncio.run(scenario())
     ct_id = events()[0].ct_id
-    assert asked == [[ct_id], [ct_id]]
+    assert asked == [[ct_id], [ct_id], [ct_id + 2]]
     assert walks == [2]
-    assert (stats.lookups, stats.walks) == (2, 1)
+    assert (stats.lookups, stats.walks) == (3, 1)
 
 
 def test_shortest_timeout_and_walk_threshold_come_from_the_kernel_settings(tmp_path: Path) -> None:
