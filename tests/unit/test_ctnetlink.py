@@ -5,11 +5,18 @@ from __future__ import annotations
 import binascii
 import contextlib
 import errno
+import json
+import os
 import socket
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import netns_unavailable
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -342,3 +349,78 @@ def test_lookup_replies_give_time_left_or_gone() -> None:
     assert ctnetlink._replies(error(errno.ENOENT, 99), answers, ids, 7) == 0  # not ours: ignored
     with pytest.raises(OSError, match="conntrack lookup"):
         ctnetlink._replies(error(errno.EINVAL, 8), answers, ids, 7)
+
+
+def test_lookup_against_the_real_kernel() -> None:
+    """In a private network namespace: a live connection reports its time left, the same tuple
+    under another id is gone, and an expired entry is deleted by the lookup, its DESTROY following."""
+    reason = netns_unavailable("ip")
+    if reason:
+        pytest.skip(f"SKIPPED LOUDLY: conntrack lookups against the real kernel are untested here: {reason}")
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, __file__, "--lookup-driver"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(Path(ctnetlink.__file__).resolve().parents[1]),
+            "PARENT_NETNS": os.readlink("/proc/self/ns/net"),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["alive"][0] > 1000  # established: days
+    assert report["other_id"] == [None]
+    assert report["reset"][0] is not None and report["reset"][0] <= 1  # CLOSE: one second here
+    assert report["expired"] == [None]
+    assert report["destroyed"] == [report["ct_id"]]
+
+
+def lookup_driver() -> dict[str, Any]:
+    """Runs inside ``unshare --net``: SNAT and sysctls here never touch the host."""
+    if os.readlink("/proc/self/ns/net") == os.environ["PARENT_NETNS"]:
+        raise SystemExit("refusing to load nft rules: not inside a private network namespace")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    Path("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close").write_text("1\n")
+    rules = "table ip t {\n chain post {\n  type nat hook postrouting priority 100;\n"
+    rules += "  ip daddr 127.0.0.3 snat to 127.0.0.2\n }\n}\n"
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+    events = ctnetlink.event_socket(1 << 20)
+    events.setblocking(False)
+
+    def drain() -> list[Conntrack]:
+        out: list[Conntrack] = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                out += [e for e in ctnetlink.decode_datagram(events.recv(65536)) if isinstance(e, Conntrack)]
+        return out
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.3", 7000))
+        server.listen(4)
+        client = socket.create_connection(("127.0.0.3", 7000), timeout=5)
+        accepted, _ = server.accept()
+        time.sleep(0.1)
+        new = next(e for e in drain() if e.event == "new" and e.orig.dport == 7000)
+        key = (new.ct_id, new.orig)
+        report: dict[str, Any] = {"ct_id": new.ct_id, "alive": ctnetlink.lookup([key])}
+        report["other_id"] = ctnetlink.lookup([((new.ct_id or 0) ^ 1, new.orig)])
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        accepted.close()
+        time.sleep(0.2)
+        report["reset"] = ctnetlink.lookup([key])
+        drain()
+        time.sleep(1.5)  # past the CLOSE timeout: expired, but nothing has touched it yet
+        report["expired"] = ctnetlink.lookup([key])
+        time.sleep(0.1)
+        report["destroyed"] = [e.ct_id for e in drain() if e.event == "destroy" and e.orig.dport == 7000]
+    return report
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--lookup-driver"]:
+        raise SystemExit("usage: test_ctnetlink.py --lookup-driver (inside unshare --net)")
+    print(json.dumps(lookup_driver()))
