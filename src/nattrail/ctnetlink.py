@@ -633,6 +633,9 @@ class Lookup:
             self.sock.close()
             raise
         self.reader = mmsg.batch_reader(self.sock, 64, 4096)
+        # Sequence numbers keep counting across calls, so a late reply to an earlier call (after
+        # an error cut it short) is recognised as not ours and ignored.
+        self.seq = 0
 
     def close(self) -> None:
         self.sock.close()
@@ -647,19 +650,22 @@ class Lookup:
         answers: list[int | None] = [None] * len(connections)
         for first in range(0, len(connections), self.chunk):
             batch = connections[first : first + self.chunk]
+            base = self.seq + 1 if self.seq + 1 + len(batch) < 1 << 32 else 1
+            self.seq = base + len(batch) - 1
             # One datagram carries the whole batch: the kernel answers each request in turn, before
-            # send returns.
-            self.sock.send(b"".join(_get_fast(orig, first + i + 1) for i, (_, orig) in enumerate(batch)))
+            # send returns; the wait below is only a guard, and short, since the daemon waits in
+            # its event loop's thread.
+            self.sock.send(b"".join(_get_fast(orig, base + i) for i, (_, orig) in enumerate(batch)))
             view: list[int | None] = [None] * len(batch)
             ids = [ct_id for ct_id, _ in batch]
             pending = len(batch)
             while pending > 0:
                 datagrams, truncated = self.reader.read()
                 pending -= truncated  # a reply too large to read: its connection counts as gone
-                if not datagrams and not truncated and not select.select([self.sock], [], [], 10.0)[0]:
-                    raise OSError(errno.ETIMEDOUT, "conntrack lookup: no reply in 10 s")
+                if not datagrams and not truncated and not select.select([self.sock], [], [], 1.0)[0]:
+                    raise OSError(errno.ETIMEDOUT, "conntrack lookup: no reply within 1 s")
                 for datagram in datagrams:
-                    pending -= _replies(datagram, view, ids, first + 1)
+                    pending -= _replies(datagram, view, ids, base)
             answers[first : first + len(batch)] = view
         return answers
 

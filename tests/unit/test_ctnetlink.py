@@ -397,7 +397,7 @@ def lookup_driver() -> dict[str, Any]:
                 out += [e for e in ctnetlink.decode_datagram(events.recv(65536)) if isinstance(e, Conntrack)]
         return out
 
-    with socket.socket() as server:
+    with socket.socket() as server, ctnetlink.Lookup() as looker:  # one socket for every call below
         server.bind(("127.0.0.3", 7000))
         server.listen(4)
         client = socket.create_connection(("127.0.0.3", 7000), timeout=5)
@@ -406,15 +406,15 @@ def lookup_driver() -> dict[str, Any]:
         new = next(e for e in drain() if e.event == "new" and e.orig.dport == 7000)
         key = (new.ct_id, new.orig)
         report: dict[str, Any] = {"ct_id": new.ct_id, "alive": ctnetlink.lookup([key])}
-        report["other_id"] = ctnetlink.lookup([((new.ct_id or 0) ^ 1, new.orig)])
+        report["other_id"] = looker([((new.ct_id or 0) ^ 1, new.orig)])
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()
         accepted.close()
         time.sleep(0.2)
-        report["reset"] = ctnetlink.lookup([key])
+        report["reset"] = looker([key])
         drain()
         time.sleep(1.5)  # past the CLOSE timeout: expired, but nothing has touched it yet
-        report["expired"] = ctnetlink.lookup([key])
+        report["expired"] = looker([key])
         time.sleep(0.1)
         report["destroyed"] = [e.ct_id for e in drain() if e.event == "destroy" and e.orig.dport == 7000]
     return report
