@@ -532,9 +532,15 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return NLA_HDR.pack(4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
 
+def _family(tup: Tuple) -> int:
+    return socket.AF_INET6 if ":" in tup.src else socket.AF_INET
+
+
 def encode_tuple(tup: Tuple) -> bytes:
-    """The CTA_TUPLE_* nest body for an IPv4 tuple, as the kernel lays it out (decode_tuple reads it)."""
-    ip = _attr(CTA_IP_V4_SRC, socket.inet_aton(tup.src)) + _attr(CTA_IP_V4_DST, socket.inet_aton(tup.dst))
+    """The CTA_TUPLE_* nest body for a tuple, as the kernel lays it out (decode_tuple reads it)."""
+    family = _family(tup)
+    src, dst = (CTA_IP_V6_SRC, CTA_IP_V6_DST) if family == socket.AF_INET6 else (CTA_IP_V4_SRC, CTA_IP_V4_DST)
+    ip = _attr(src, socket.inet_pton(family, tup.src)) + _attr(dst, socket.inet_pton(family, tup.dst))
     proto = _attr(CTA_PROTO_NUM, bytes([tup.proto]))
     if tup.icmp_id is not None:
         proto += _attr(CTA_PROTO_ICMP_ID, U16.pack(tup.icmp_id))
@@ -548,7 +554,7 @@ def encode_tuple(tup: Tuple) -> bytes:
 
 def get_request(orig: Tuple, seq: int) -> bytes:
     """An IPCTNL_MSG_CT_GET for the connection with this original tuple."""
-    body = NFGEN_HDR.pack(socket.AF_INET, 0, 0) + _nest(CTA_TUPLE_ORIG, encode_tuple(orig))
+    body = NFGEN_HDR.pack(_family(orig), 0, 0) + _nest(CTA_TUPLE_ORIG, encode_tuple(orig))
     kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
     return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), kind, NLM_F_REQUEST, seq, 0) + body
 
@@ -604,8 +610,14 @@ _GET_KIND = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
 
 
 def _get_fast(orig: Tuple, seq: int) -> bytes:
-    if orig.sport is None or orig.dport is None or orig.proto not in _FAST_PROTOS or orig.icmp_id is not None:
-        return get_request(orig, seq)
+    if (
+        orig.sport is None
+        or orig.dport is None
+        or orig.proto not in _FAST_PROTOS
+        or orig.icmp_id is not None
+        or ":" in orig.src
+    ):
+        return get_request(orig, seq)  # ICMP, IPv6: the general encoder
     c = _GET_CONSTANTS
     src, dst = socket.inet_aton(orig.src), socket.inet_aton(orig.dst)
     sport, dport = U16.pack(orig.sport), U16.pack(orig.dport)

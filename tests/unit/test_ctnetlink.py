@@ -299,7 +299,12 @@ def test_encoded_tuples_are_the_kernels_layout() -> None:
 
 @st.composite
 def tuples(draw: st.DrawFn) -> Tuple:
-    src, dst = draw(st.ip_addresses(v=4).map(str)), draw(st.ip_addresses(v=4).map(str))
+    version = draw(st.sampled_from([4, 6]))
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    # Written as the kernel's addresses are decoded (inet_ntop), so that the round trip compares equal.
+    src, dst = (
+        draw(st.ip_addresses(v=version).map(lambda a: socket.inet_ntop(family, a.packed))) for _ in "sd"
+    )
     proto = draw(st.sampled_from([6, 17, 1]))
     if proto == 1:
         icmp_id, icmp_type, icmp_code = (draw(st.integers(0, top)) for top in (65535, 255, 255))
@@ -376,6 +381,7 @@ def test_lookup_against_the_real_kernel() -> None:
     assert report["reset"][0] is not None and report["reset"][0] <= 1  # CLOSE: one second here
     assert report["expired"] == [None]
     assert report["destroyed"] == [report["ct_id"]]
+    assert report["alive6"][0] > 1000
 
 
 def lookup_driver() -> dict[str, Any]:
@@ -386,6 +392,10 @@ def lookup_driver() -> dict[str, Any]:
     Path("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close").write_text("1\n")
     rules = "table ip t {\n chain post {\n  type nat hook postrouting priority 100;\n"
     rules += "  ip daddr 127.0.0.3 snat to 127.0.0.2\n }\n}\n"
+    # A ct rule for IPv6, or the kernel does not track IPv6 in this namespace at all.
+    rules += (
+        "table ip6 t6 {\n chain out {\n  type filter hook output priority 0;\n  ct state new accept\n }\n}\n"
+    )
     subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
     events = ctnetlink.event_socket(1 << 20)
     events.setblocking(False)
@@ -417,6 +427,14 @@ def lookup_driver() -> dict[str, Any]:
         report["expired"] = looker([key])
         time.sleep(0.1)
         report["destroyed"] = [e.ct_id for e in drain() if e.event == "destroy" and e.orig.dport == 7000]
+    with socket.socket(socket.AF_INET6) as server6:  # IPv6 goes through the general encoder
+        server6.bind(("::1", 7006))
+        server6.listen(4)
+        client6 = socket.create_connection(("::1", 7006), timeout=5)
+        time.sleep(0.1)
+        new6 = next(e for e in drain() if e.event == "new" and e.orig.dport == 7006)
+        report["alive6"] = ctnetlink.lookup([(new6.ct_id, new6.orig)])
+        client6.close()
     return report
 
 
