@@ -260,6 +260,7 @@ class MasqLogger:
         # open, so they queue in order; later ones (at the time conntrack gives) go to a heap of
         # (monotonic time, tie-breaker, key).
         self.first_checks: deque[tuple[float, Key]] = deque()
+        self.next_pass: deque[tuple[float, Key]] = deque()  # after a failed pass, or too many
         self.checks: list[tuple[float, int, Key]] = []
         self.check_order = itertools.count()
         self.pending: list[str] = []
@@ -419,12 +420,13 @@ class MasqLogger:
 
     def due(self, now: float) -> list[Key]:
         """The tracked connections whose lookup time has come (closed ones are dropped on the way)."""
-        first, checks, tracked = self.first_checks, self.checks, self.tracked
+        checks, tracked = self.checks, self.tracked
         keys = []
-        while first and first[0][0] <= now:
-            key = first.popleft()[1]
-            if key in tracked:
-                keys.append(key)
+        for queue in (self.first_checks, self.next_pass):
+            while queue and queue[0][0] <= now:
+                key = queue.popleft()[1]
+                if key in tracked:
+                    keys.append(key)
         while checks and checks[0][0] <= now:
             key = heapq.heappop(checks)[2]
             if key in tracked:
@@ -432,10 +434,10 @@ class MasqLogger:
         return keys
 
     def check_again(self, keys: list[Key]) -> None:
-        """Queue keys for another lookup ``first_check`` from now, behind the first lookups of the
-        connections opened so far, which are all due sooner: the queue stays in order."""
-        at = self.monotonic() + self.first_check
-        append = self.first_checks.append
+        """Make keys due again at the next pass (``reap_interval`` from now). They queue on their
+        own, in the order they come, since the delay is always the same."""
+        at = self.monotonic() + self.config.reap_interval
+        append = self.next_pass.append
         for key in keys:
             append((at, key))
 
@@ -608,17 +610,21 @@ class Daemon:
         Each connection due is looked up; when more are due than a table walk costs, the table is
         walked instead."""
         logger = self.logger
-        now = logger.monotonic()
-        due = logger.due(now)
+        due = logger.due(logger.monotonic())
         if not due:
             return  # nothing of ours can have expired since the last pass: the kernel is spared
-        loop = asyncio.get_running_loop()
         try:
             if len(due) > self.reaping.walk_above:
                 logger.stats.walks += 1
-                await loop.run_in_executor(None, self.reaping.walk)
-                logger.check_again(due)  # most are closing meanwhile: their DESTROYs are queued
-                return
+                await asyncio.get_running_loop().run_in_executor(None, self.reaping.walk)
+                # Read the DESTROYs the walk caused: what is still open after them was alive when
+                # the walk passed (it expires soon, or lives long) and is looked up, so that it
+                # is not left for a whole first_check.
+                self.read_events(DRAIN_BUDGET)
+                due = [key for key in due if key in logger.tracked]
+                if len(due) > self.reaping.walk_above:
+                    logger.check_again(due)  # too many to look up one by one: the next pass
+                    return
             logger.stats.lookups += len(due)
             # In the loop's own thread: a few microseconds a connection (the kernel answers
             # within send), less than handing the batch to a worker thread costs.
@@ -628,6 +634,7 @@ class Daemon:
             logger.flush()
             logger.check_again(due)
             return
+        now = logger.monotonic()
         for key, left in zip(due, answers, strict=True):
             if left is not None:  # alive: look again when conntrack says it expires
                 logger.recheck(key, now + min(left + 1.0, RECHECK_MAX))

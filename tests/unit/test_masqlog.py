@@ -229,30 +229,49 @@ class Clock:
         return self.now
 
 
+class FakeReaping:
+    """Lookups answered from a list; walks that send the given datagrams, as the kernel sends the
+    DESTROY events of what a walk drops."""
+
+    def __init__(self, logger: MasqLogger, kernel: socket.socket, answers: list[list[int | None]],
+                 walk_sends: list[bytes]) -> None:  # fmt: skip
+        self.logger, self.kernel, self.answers, self.walk_sends = logger, kernel, answers, walk_sends
+        self.asked: list[list[int | None]] = []
+        self.walks: list[int] = []
+
+    def lookup(self, conns: list[tuple[int | None, Tuple]]) -> list[int | None]:
+        self.asked.append([ct_id for ct_id, _ in conns])
+        return self.answers.pop(0)
+
+    def walk(self) -> int:
+        self.walks.append(len(self.logger.tracked))
+        if self.walk_sends:
+            self.kernel.send(self.walk_sends.pop(0))
+        return 0
+
+    def reaping(self) -> masqlog.Reaping:
+        return masqlog.Reaping(walk=self.walk, lookup=self.lookup, walk_above=1)
+
+
 def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> None:
     """Each connection is looked up once it could have expired, again when the kernel says it
-    expires; a pass with more connections due than ``walk_above`` walks the table instead."""
+    expires; a pass with more connections due than ``walk_above`` walks the table instead, then
+    looks up those the walk left open (or, too many of them, tries again at the next pass)."""
+    datagrams = [datagram for _, datagram in captured()]
+    tcp_new, _icmp, tcp_end = events()[:3]
+    end_datagram = next(d for d in datagrams if tcp_end in list(ctnetlink.decode_datagram(d)))
 
     async def scenario() -> tuple[list[list[int | None]], list[int], masqlog.Stats]:
         clock = Clock()
         logger, _ = make_logger()
         logger.monotonic = clock
-        asked: list[list[int | None]] = []
-        answers = [[5], [None], [None]]
-        walks: list[int] = []
-
-        def lookup(conns: list[tuple[int | None, Tuple]]) -> list[int | None]:
-            asked.append([ct_id for ct_id, _ in conns])
-            return answers.pop(0)
-
-        reaping = masqlog.Reaping(
-            walk=lambda: walks.append(len(logger.tracked)) or 0, lookup=lookup, walk_above=1
-        )
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            daemon = masqlog.Daemon(logger, sock, list, reaping=reaping)
+        kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        fake = FakeReaping(logger, kernel, answers=[[5], [None], [None], [None]], walk_sends=[end_datagram])
+        with kernel, ours:
+            ours.setblocking(False)
+            daemon = masqlog.Daemon(logger, ours, list, reaping=fake.reaping())
             await daemon.reap()  # nothing tracked: the kernel is left alone
-            tcp_new, _icmp, tcp_end = events()[:3]
-            logger.handle(tcp_new)
+            logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 1))
             clock.now += 9.9
             await daemon.reap()  # younger than conntrack's shortest timeout: cannot have expired
             clock.now += 0.2
@@ -263,25 +282,30 @@ def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> No
             await daemon.reap()  # due again: gone (its DESTROY is on its way)
             clock.now += 60
             await daemon.reap()  # not asked again
-            logger.handle(tcp_end)  # the DESTROY
-            # Two due at once, above walk_above: one walk instead of two lookups.
-            logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 1))
+            logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 1))  # the DESTROY
+            # Two due at once, above walk_above: one walk instead of two lookups; the one the walk
+            # left open is looked up at once.
+            logger.handle(tcp_new)
             logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 2))
             clock.now += 10
             await daemon.reap()
-            logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 1))  # one closed by the walk
+            # Two due, and the walk closes neither: both come back at the next pass.
+            logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 3))
+            logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 4))
             clock.now += 10
-            await daemon.reap()  # the other, still open, is looked up again
-            logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 2))
-            clock.now += 60
-            await daemon.reap()  # both closed: nothing left to do
-        return asked, walks, logger.stats
+            await daemon.reap()  # walks; ct+2 was answered gone, so only the two new ones
+            clock.now += 1.0
+            await daemon.reap()  # not yet: the next pass is reap_interval (2 s) after the walk
+            clock.now += 1.5
+            logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 3))
+            await daemon.reap()  # the one left is looked up
+        return fake.asked, fake.walks, logger.stats
 
     asked, walks, stats = asyncio.run(scenario())
-    ct_id = events()[0].ct_id
-    assert asked == [[ct_id], [ct_id], [ct_id + 2]]
-    assert walks == [2]
-    assert (stats.lookups, stats.walks) == (3, 1)
+    ct_id = tcp_new.ct_id
+    assert asked == [[ct_id + 1], [ct_id + 1], [ct_id + 2], [ct_id + 4]]
+    assert walks == [2, 3]  # the second walk: ct+2 (still tracked, its DESTROY not seen), ct+3, ct+4
+    assert (stats.lookups, stats.walks) == (4, 2)
 
 
 def test_shortest_timeout_and_walk_threshold_come_from_the_kernel_settings(tmp_path: Path) -> None:
