@@ -618,13 +618,11 @@ class Daemon:
                 logger.stats.walks += 1
                 await asyncio.get_running_loop().run_in_executor(None, self.reaping.walk)
                 # Read the DESTROYs the walk caused: what is still open after them was alive when
-                # the walk passed (it expires soon, or lives long) and is looked up, so that it
-                # is not left for a whole first_check.
+                # the walk passed (it expires soon, or lives long) and comes back at the next pass,
+                # with what falls due by then, so that it is not left for a whole first_check.
                 self.read_events(DRAIN_BUDGET)
-                due = [key for key in due if key in logger.tracked]
-                if len(due) > self.reaping.walk_above:
-                    logger.check_again(due)  # too many to look up one by one: the next pass
-                    return
+                logger.check_again([key for key in due if key in logger.tracked])
+                return
             logger.stats.lookups += len(due)
             # In the loop's own thread: a few microseconds a connection (the kernel answers
             # within send), less than handing the batch to a worker thread costs.

@@ -255,8 +255,8 @@ class FakeReaping:
 
 def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> None:
     """Each connection is looked up once it could have expired, again when the kernel says it
-    expires; a pass with more connections due than ``walk_above`` walks the table instead, then
-    looks up those the walk left open (or, too many of them, tries again at the next pass)."""
+    expires; a pass with more connections due than ``walk_above`` walks the table instead, and
+    those the walk left open are due again at the next pass."""
     datagrams = [datagram for _, datagram in captured()]
     tcp_new, _icmp, tcp_end = events()[:3]
     end_datagram = next(d for d in datagrams if tcp_end in list(ctnetlink.decode_datagram(d)))
@@ -283,20 +283,21 @@ def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> No
             clock.now += 60
             await daemon.reap()  # not asked again
             logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 1))  # the DESTROY
-            # Two due at once, above walk_above: one walk instead of two lookups; the one the walk
-            # left open is looked up at once.
+            # Two due at once, above walk_above: one walk instead of two lookups.
             logger.handle(tcp_new)
             logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 2))
             clock.now += 10
-            await daemon.reap()
+            await daemon.reap()  # the walk makes one go; the other is due at the next pass
+            clock.now += 1.0
+            await daemon.reap()  # not yet: the next pass is reap_interval (2 s) after the walk
+            clock.now += 1.5
+            await daemon.reap()  # the one left is looked up: gone
             # Two due, and the walk closes neither: both come back at the next pass.
             logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 3))
             logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 4))
             clock.now += 10
             await daemon.reap()  # walks; ct+2 was answered gone, so only the two new ones
-            clock.now += 1.0
-            await daemon.reap()  # not yet: the next pass is reap_interval (2 s) after the walk
-            clock.now += 1.5
+            clock.now += 2.5
             logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 3))
             await daemon.reap()  # the one left is looked up
         return fake.asked, fake.walks, logger.stats
