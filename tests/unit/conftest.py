@@ -6,6 +6,7 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -145,3 +146,23 @@ def netns_unavailable(*tools: str) -> str | None:
     if probe.returncode != 0:
         return f"unshare --net nft failed: {probe.stderr.decode(errors='replace').strip()}"
     return None
+
+
+def run_netns_driver(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a test file's own driver (``script args``) under ``unshare --net``, with this checkout's
+    src/ importable and the parent's network namespace named for :func:`refuse_outside_private_netns`."""
+    return subprocess.run(
+        ["unshare", "--net", sys.executable, script, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), "PARENT_NETNS": os.readlink("/proc/self/ns/net")},
+    )
+
+
+def refuse_outside_private_netns() -> None:
+    """For drivers that load nft rules and set sysctls: never in the namespace that started them."""
+    own = os.readlink("/proc/self/ns/net")
+    if own == os.environ.get("PARENT_NETNS", own):
+        raise SystemExit("refusing to load nft rules: not inside a private network namespace")

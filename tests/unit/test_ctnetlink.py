@@ -6,7 +6,6 @@ import binascii
 import contextlib
 import errno
 import json
-import os
 import socket
 import struct
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import netns_unavailable
+from conftest import netns_unavailable, refuse_outside_private_netns, run_netns_driver
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -362,18 +361,7 @@ def test_lookup_against_the_real_kernel() -> None:
     reason = netns_unavailable("ip")
     if reason:
         pytest.skip(f"SKIPPED LOUDLY: conntrack lookups against the real kernel are untested here: {reason}")
-    result = subprocess.run(
-        ["unshare", "--net", sys.executable, __file__, "--lookup-driver"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(Path(ctnetlink.__file__).resolve().parents[1]),
-            "PARENT_NETNS": os.readlink("/proc/self/ns/net"),
-        },
-    )
+    result = run_netns_driver(__file__, "--lookup-driver")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["alive"][0] > 1000  # established: days
@@ -386,8 +374,7 @@ def test_lookup_against_the_real_kernel() -> None:
 
 def lookup_driver() -> dict[str, Any]:
     """Runs inside ``unshare --net``: SNAT and sysctls here never touch the host."""
-    if os.readlink("/proc/self/ns/net") == os.environ["PARENT_NETNS"]:
-        raise SystemExit("refusing to load nft rules: not inside a private network namespace")
+    refuse_outside_private_netns()
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     Path("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close").write_text("1\n")
     rules = "table ip t {\n chain post {\n  type nat hook postrouting priority 100;\n"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import netns_unavailable
+from conftest import netns_unavailable, refuse_outside_private_netns, run_netns_driver
 from hypothesis import given
 from hypothesis import strategies as st
 from test_ctnetlink import captured
@@ -34,7 +34,6 @@ from nattrail.ctnetlink import Conntrack, Counters, Tuple
 from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat
 from nattrail.masqlog import Config, ConfigError, MasqLogger, build_config
 
-SRC = Path(masqlog.__file__).resolve().parents[1]
 NOW_NS = int(datetime(2026, 11, 21, 3, 12, 0, tzinfo=UTC).timestamp()) * 10**9
 
 
@@ -430,14 +429,7 @@ def test_daemon_in_a_network_namespace(tmp_path: Path) -> None:
     reason = netns_unavailable("ip")
     if reason:
         pytest.skip(f"SKIPPED LOUDLY: masqlog against the real kernel is untested here: {reason}")
-    result = subprocess.run(
-        ["unshare", "--net", sys.executable, __file__, "--netns-driver", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(SRC), "PARENT_NETNS": os.readlink("/proc/self/ns/net")},
-    )
+    result = run_netns_driver(__file__, "--netns-driver", str(tmp_path), timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
 
@@ -635,8 +627,7 @@ async def netns_scenario(tmp: Path) -> dict[str, Any]:
 
 def netns_driver(tmp: Path) -> None:
     """Runs inside ``unshare --net``: SNAT and sysctls here never touch the host."""
-    if os.readlink("/proc/self/ns/net") == os.environ.get("PARENT_NETNS", os.readlink("/proc/self/ns/net")):
-        raise SystemExit("refusing to load nft rules: not inside a private network namespace")
+    refuse_outside_private_netns()
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     for name, value in (("nf_conntrack_acct", 1), ("nf_conntrack_timestamp", 1),
                         ("nf_conntrack_tcp_timeout_close", 1)):  # fmt: skip

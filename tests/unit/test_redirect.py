@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import netns_unavailable
+from conftest import netns_unavailable, refuse_outside_private_netns, run_netns_driver
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -841,14 +841,7 @@ def test_real_so_original_dst_in_a_network_namespace() -> None:
     reason = netns_unavailable("ip")
     if reason:
         pytest.skip(f"SKIPPED LOUDLY: the real SO_ORIGINAL_DST path is untested here: {reason}")
-    result = subprocess.run(
-        ["unshare", "--net", sys.executable, __file__, "--netns-driver"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(SRC), "PARENT_NETNS": os.readlink("/proc/self/ns/net")},
-    )
+    result = run_netns_driver(__file__, "--netns-driver")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["requested"] == [["127.0.0.2", 9]]
@@ -902,8 +895,7 @@ async def netns_scenario(run_nft: Callable[[str], Awaitable[None]]) -> dict[str,
 
 def netns_driver() -> None:
     """Runs inside ``unshare --net``: a namespace of our own, so nft here never touches the host."""
-    if os.readlink("/proc/self/ns/net") == os.environ.get("PARENT_NETNS", os.readlink("/proc/self/ns/net")):
-        raise SystemExit("refusing to load nft rules: not inside a private network namespace")
+    refuse_outside_private_netns()
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
     async def run_nft(ruleset: str) -> None:
