@@ -399,26 +399,36 @@ def decode_datagram(data: bytes | memoryview) -> Iterator[Conntrack | NetlinkErr
     NLMSG_DONE (the end of a dump). Other message types are skipped. Raises DecodeError on a
     malformed header; the messages before it have already been yielded.
     """
-    pos = 0
-    size = len(data)
-    while pos + NLMSG_HDR.size <= size:
-        length, kind, flags, _seq, _pid = NLMSG_HDR.unpack_from(data, pos)
-        if length < NLMSG_HDR.size or pos + length > size:
-            raise DecodeError(f"bad netlink message length {length} at offset {pos}")
-        body = pos + NLMSG_HDR.size
-        end = pos + length
+    for body, end, kind, flags, _seq in _messages(data):
         if kind == NLMSG_DONE:
             yield None
         elif kind == NLMSG_ERROR:
-            if end - body < 4:
-                raise DecodeError("short NLMSG_ERROR")
-            (code,) = struct.unpack_from("=i", data, body)
-            yield NetlinkError(-code)
+            yield NetlinkError(_error_code(data, body, end))
         elif kind >> 8 == NFNL_SUBSYS_CTNETLINK:
             if end - body < NFGEN_HDR.size:
                 raise DecodeError("conntrack message without nfgenmsg")
             yield decode_conntrack(data, body + NFGEN_HDR.size, end, _event_name(kind, flags))
+
+
+def _messages(data: bytes | memoryview) -> Iterator[tuple[int, int, int, int, int]]:
+    """(body start, end, type, flags, sequence number) of each netlink message in one datagram;
+    DecodeError on a length that does not fit, after the messages before it."""
+    pos = 0
+    size = len(data)
+    while pos + NLMSG_HDR.size <= size:
+        length, kind, flags, seq, _pid = NLMSG_HDR.unpack_from(data, pos)
+        if length < NLMSG_HDR.size or pos + length > size:
+            raise DecodeError(f"bad netlink message length {length} at offset {pos}")
+        yield pos + NLMSG_HDR.size, pos + length, kind, flags, seq
         pos += (length + 3) & ~3
+
+
+def _error_code(data: bytes | memoryview, body: int, end: int) -> int:
+    """The errno of an NLMSG_ERROR (0 for an acknowledgement)."""
+    if end - body < 4:
+        raise DecodeError("short NLMSG_ERROR")
+    (code,) = struct.unpack_from("=i", data, body)
+    return -code
 
 
 def _event_name(kind: int, flags: int) -> str:
@@ -450,12 +460,26 @@ _EVENT_MIN = NLMSG_HDR.size + NFGEN_HDR.size
 def dump_request(seq: int = 1, family: int = socket.AF_INET, mark: tuple[int, int] | None = None) -> bytes:
     """An IPCTNL_MSG_CT_GET dump request for every conntrack entry of ``family``; with ``mark``
     (value, mask) the kernel only returns entries whose mark matches."""
-    kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
     body = NFGEN_HDR.pack(family, 0, 0)
     if mark is not None:
-        for attr, value in ((CTA_MARK, mark[0]), (CTA_MARK_MASK, mark[1])):
-            body += NLA_HDR.pack(8, attr) + U32.pack(value)
-    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+        body += _attr(CTA_MARK, U32.pack(mark[0])) + _attr(CTA_MARK_MASK, U32.pack(mark[1]))
+    return _get(NLM_F_DUMP, seq, body)
+
+
+_GET_KIND = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
+
+
+def _get(flags: int, seq: int, body: bytes) -> bytes:
+    """An IPCTNL_MSG_CT_GET request around ``body`` (nfgenmsg and attributes)."""
+    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), _GET_KIND, NLM_F_REQUEST | flags, seq, 0) + body
+
+
+def _nest(kind: int, payload: bytes) -> bytes:
+    return NLA_HDR.pack(4 + len(payload), kind | NLA_F_NESTED) + payload
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    return NLA_HDR.pack(4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
 
 def event_socket(rcvbuf: int) -> socket.socket:
@@ -524,14 +548,6 @@ def is_enobufs(exc: OSError) -> bool:
     return exc.errno == errno.ENOBUFS
 
 
-def _nest(kind: int, payload: bytes) -> bytes:
-    return NLA_HDR.pack(4 + len(payload), kind | NLA_F_NESTED) + payload
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    return NLA_HDR.pack(4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
-
-
 def _family(tup: Tuple) -> int:
     return socket.AF_INET6 if ":" in tup.src else socket.AF_INET
 
@@ -554,9 +570,7 @@ def encode_tuple(tup: Tuple) -> bytes:
 
 def get_request(orig: Tuple, seq: int) -> bytes:
     """An IPCTNL_MSG_CT_GET for the connection with this original tuple."""
-    body = NFGEN_HDR.pack(_family(orig), 0, 0) + _nest(CTA_TUPLE_ORIG, encode_tuple(orig))
-    kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
-    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), kind, NLM_F_REQUEST, seq, 0) + body
+    return _get(0, seq, NFGEN_HDR.pack(_family(orig), 0, 0) + _nest(CTA_TUPLE_ORIG, encode_tuple(orig)))
 
 
 def _replies(
@@ -566,28 +580,24 @@ def _replies(
     or None when it is gone or another connection (another id) now holds its tuple. Returns how
     many replies it held."""
     count = 0
-    pos = 0
-    while pos + NLMSG_HDR.size <= len(data):
-        length, kind, _flags, seq, _pid = NLMSG_HDR.unpack_from(data, pos)
-        if length < NLMSG_HDR.size or pos + length > len(data):
-            raise DecodeError(f"bad netlink message length {length} at offset {pos}")
+    for body, end, kind, _flags, seq in _messages(data):
         index = seq - first_seq
-        if 0 <= index < len(answers):
-            count += 1
-            if kind == NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", data, pos + NLMSG_HDR.size)
-                if code and -code != errno.ENOENT:
-                    raise OSError(-code, f"conntrack lookup: {os.strerror(-code)}")
-                answers[index] = None
-            elif kind >> 8 == NFNL_SUBSYS_CTNETLINK:
-                timeout = ct_id = None
-                for attr, start, end in iter_attrs(data, pos + _EVENT_MIN, pos + length):
-                    if attr == CTA_TIMEOUT and end - start == 4:
-                        timeout = U32.unpack_from(data, start)[0]
-                    elif attr == CTA_ID and end - start == 4:
-                        ct_id = U32.unpack_from(data, start)[0]
-                answers[index] = timeout if ids[index] is None or ct_id == ids[index] else None
-        pos += (length + 3) & ~3
+        if not 0 <= index < len(answers):
+            continue
+        count += 1
+        if kind == NLMSG_ERROR:
+            code = _error_code(data, body, end)
+            if code and code != errno.ENOENT:
+                raise OSError(code, f"conntrack lookup: {os.strerror(code)}")
+            answers[index] = None
+        elif kind >> 8 == NFNL_SUBSYS_CTNETLINK:
+            timeout = ct_id = None
+            for attr, a, b in iter_attrs(data, body + NFGEN_HDR.size, end):
+                if attr == CTA_TIMEOUT and b - a == 4:
+                    timeout = U32.unpack_from(data, a)[0]
+                elif attr == CTA_ID and b - a == 4:
+                    ct_id = U32.unpack_from(data, a)[0]
+            answers[index] = timeout if ids[index] is None or ct_id == ids[index] else None
     return count
 
 
@@ -606,7 +616,6 @@ _GET_FAST = struct.Struct(
     "=IHHII" + "".join(f"{len(c)}s4s" for c in _GET_CONSTANTS[:2]) + f"{len(_GET_CONSTANTS[2])}sB"
     + f"{len(_GET_CONSTANTS[3])}s2s{len(_GET_CONSTANTS[4])}s2s2x"
 )  # fmt: skip
-_GET_KIND = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
 
 
 def _get_fast(orig: Tuple, seq: int) -> bytes:
