@@ -43,8 +43,9 @@ from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat, encode_basestring
 PROTOCOLS = ("tcp", "udp", "icmp")
 GC_THRESHOLDS = (10_000, 10, 10)
 READ_BUDGET = 512  # datagrams read per wake-up before the loop lets ident tasks and timers run
-# Datagrams read before a resync reconciles: more than a full receive buffer holds, so the drain ends
-# when the queue does, yet a kernel that produces events faster than we read cannot hold the loop forever.
+# Datagrams read at once before a resync reconciles or after a table walk: more than a full receive
+# buffer holds, so the drain ends when the queue does, yet a kernel that produces events faster than
+# we read cannot hold the loop forever.
 DRAIN_BUDGET = 200_000
 # A connection found alive is looked up again when conntrack says it expires, and at least this often
 # (seconds), since a packet can shorten its timeout: a reset turns five days into ten seconds.
@@ -54,7 +55,7 @@ BUCKETS_PER_LOOKUP = 64
 SYSCTL = Path("/proc/sys/net/netfilter")
 
 Key = tuple[int | None, ctnetlink.Tuple]
-Lookup = Callable[[list[Key]], list[int | None]]
+LookupFunc = Callable[[list[Key]], list[int | None]]
 IdentQuery = Callable[..., Awaitable[ident.IdentReply]]
 TableDump = Callable[[], list[Conntrack]]
 
@@ -257,10 +258,11 @@ class MasqLogger:
         self.tracked: dict[Key, Tracked] = {}
         self.window: DumpWindow | None = None
         # When each tracked connection is next looked up. First lookups come a fixed time after the
-        # open, so they queue in order; later ones (at the time conntrack gives) go to a heap of
-        # (monotonic time, tie-breaker, key).
+        # open, and those left by a walk or a failed pass come back the next pass: each kind queues
+        # in order. Later lookups (at the time conntrack gives) go to a heap of (monotonic time,
+        # tie-breaker, key).
         self.first_checks: deque[tuple[float, Key]] = deque()
-        self.next_pass: deque[tuple[float, Key]] = deque()  # after a failed pass, or too many
+        self.next_pass: deque[tuple[float, Key]] = deque()
         self.checks: list[tuple[float, int, Key]] = []
         self.check_order = itertools.count()
         self.pending: list[str] = []
@@ -491,7 +493,7 @@ class Reaping:
     than ``walk_above`` are due at once."""
 
     walk: Callable[[], int] = ctnetlink.reap_expired
-    lookup: Lookup = ctnetlink.lookup
+    lookup: LookupFunc = ctnetlink.lookup
     walk_above: int = 4096
 
 
