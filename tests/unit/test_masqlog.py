@@ -44,6 +44,11 @@ def events() -> list[Conntrack]:
     return out
 
 
+def datagram_of(event: Conntrack) -> bytes:
+    """The captured datagram the kernel sent ``event`` in."""
+    return next(d for _, d in captured() if event in list(ctnetlink.decode_datagram(d)))
+
+
 def make_logger(**settings: Any) -> tuple[MasqLogger, io.StringIO]:
     stream = io.StringIO()
     config = replace(Config(), ident=False, **settings)
@@ -256,9 +261,8 @@ def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> No
     """Each connection is looked up once it could have expired, again when the kernel says it
     expires; a pass with more connections due than ``walk_above`` walks the table instead, and
     those the walk left open are due again at the next pass."""
-    datagrams = [datagram for _, datagram in captured()]
     tcp_new, _icmp, tcp_end = events()[:3]
-    end_datagram = next(d for d in datagrams if tcp_end in list(ctnetlink.decode_datagram(d)))
+    end_datagram = datagram_of(tcp_end)
 
     async def scenario() -> tuple[list[list[int | None]], list[int], masqlog.Stats]:
         clock = Clock()
@@ -347,9 +351,8 @@ def resync_against(queued: list[bytes], table: list[Conntrack], tracked: list[Co
 
 
 def test_resync_reads_queued_closes_first_so_each_connection_closes_once() -> None:
-    datagrams = [datagram for _, datagram in captured()]
     tcp_new, _icmp, tcp_end = events()[:3]
-    end_datagram = next(d for d in datagrams if tcp_end in list(ctnetlink.decode_datagram(d)))
+    end_datagram = datagram_of(tcp_end)
     # Gone before the dump walked past it; its DESTROY still waits in the socket when the dump ends.
     logged = records(resync_against([end_datagram], [], tracked=[tcp_new]))
     closes = [r for r in logged if r["event"] == "close"]
@@ -364,9 +367,8 @@ def test_resync_reads_queued_closes_first_so_each_connection_closes_once() -> No
 
 
 def test_resync_keeps_a_connection_opened_while_the_dump_ran() -> None:
-    datagrams = [datagram for _, datagram in captured()]
     tcp_new = events()[0]
-    new_datagram = next(d for d in datagrams if tcp_new in list(ctnetlink.decode_datagram(d)))
+    new_datagram = datagram_of(tcp_new)
     # Opened after the walk passed its place: missing from the dump, yet open.
     logged = records(resync_against([new_datagram], [], tracked=[]))
     assert [r["event"] for r in logged] == ["open", "resync"]
