@@ -6,9 +6,8 @@ are source-NATed to 127.0.0.2 by an nft rule, so conntrack marks them exactly as
 router does. The daemon runs from this checkout's ``src/`` with its defaults (ident on, 5/s per
 client; expired connections reaped every 2 s), the client opens connections at a fixed rate and
 resets them (SO_LINGER 0), so each entry dies --close-timeout seconds later and a DESTROY follows.
-Reported per
-run: opens and closes logged, and the daemon's user and system CPU (/proc/PID/stat) over the whole
-window divided by the events logged.
+Reported per run: opens and closes logged, and the daemon's user and system CPU (/proc/PID/stat)
+over the whole window divided by the events logged.
 
 This is the quick loop for working on the daemon's hot path; bench/masqlog_rate.py is the benchmark
 against ulogd2 and natlog on the lab. ``--gc-thresholds 700,10,10`` runs the daemon with Python's
