@@ -629,7 +629,7 @@ class Daemon:
             # In the loop's own thread: a few microseconds a connection (the kernel answers
             # within send), less than handing the batch to a worker thread costs.
             answers = self.reaping.lookup(due)
-        except OSError as exc:
+        except (OSError, DecodeError) as exc:  # a reply that does not decode fails the pass only
             logger.emit("reap_failed", "warning", error=str(exc))
             logger.flush()
             logger.check_again(due)

@@ -312,6 +312,43 @@ def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> No
     assert (stats.lookups, stats.walks) == (4, 2)
 
 
+def test_a_malformed_lookup_reply_is_a_failed_pass_not_the_end_of_reaping() -> None:
+    """The kernel's replies are parsed like its events: a reply that does not decode must not end
+    the reaping task for good; the pass is logged as failed and its connections come back."""
+    tcp_new = events()[0]
+
+    class BadReplyOnce(FakeReaping):
+        def lookup(self, conns: list[tuple[int | None, Tuple]]) -> list[int | None]:
+            if not self.asked:
+                self.asked.append([ct_id for ct_id, _ in conns])
+                raise ctnetlink.DecodeError("bad attribute length 2 at offset 20")
+            return super().lookup(conns)
+
+    async def scenario() -> tuple[list[list[int | None]], io.StringIO]:
+        clock = Clock()
+        logger, stream = make_logger()
+        logger.monotonic = clock
+        kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        fake = BadReplyOnce(logger, kernel, answers=[[None]], walk_sends=[])
+        with kernel, ours:
+            ours.setblocking(False)
+            reaping = replace(fake.reaping(), walk_above=100)
+            daemon = masqlog.Daemon(logger, ours, list, reaping=reaping)
+            logger.handle(tcp_new)
+            clock.now += 10.1
+            await daemon.reap()  # the reply does not decode
+            clock.now += 2.1
+            await daemon.reap()  # asked again at the next pass
+        return fake.asked, stream
+
+    asked, stream = asyncio.run(scenario())
+    assert asked == [[tcp_new.ct_id], [tcp_new.ct_id]]
+    failed = [r for r in records(stream) if r["event"] == "reap_failed"]
+    assert len(failed) == 1
+    assert failed[0]["level"] == "warning"
+    assert "bad attribute length" in failed[0]["error"]
+
+
 def test_shortest_timeout_and_walk_threshold_come_from_the_kernel_settings(tmp_path: Path) -> None:
     for name, value in (("tcp_timeout_close", 10), ("tcp_timeout_time_wait", 120), ("udp_timeout", 30),
                         ("sctp_timeout_cookie_wait", 3), ("buckets", 16384)):  # fmt: skip
