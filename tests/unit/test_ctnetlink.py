@@ -429,3 +429,16 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--lookup-driver"]:
         raise SystemExit("usage: test_ctnetlink.py --lookup-driver (inside unshare --net)")
     print(json.dumps(lookup_driver()))
+
+
+def test_destroy_counters_and_timestamps_have_the_fixed_layout_the_fast_path_reads() -> None:
+    # The fast path reads a DESTROY's counter and timestamp nests in one unpack when they have the
+    # layout the kernel sends; this pins that layout to the captured events, so a kernel that changes
+    # it shows up here rather than as a silent fall back to the slower walk.
+    destroys = [m for m in conntrack_messages() if m[3] == "destroy" and ctnetlink._fast_event(*m)]
+    assert destroys
+    for data, start, _end, _event in destroys:
+        pos = start + ctnetlink._EVENT_HEAD.size
+        tail = ctnetlink._DESTROY_TAIL.unpack_from(data, pos)
+        headers = tuple(value for value in tail if isinstance(value, bytes))
+        assert headers == ctnetlink._DESTROY_HEADERS

@@ -150,7 +150,7 @@ def test_epoch_stamp_stays_right_across_many_interleaved_seconds(instants: list[
     for ns in [*instants, *reversed(instants), *range(0, 200 * 10**9, 10**9)]:
         moment = datetime.fromtimestamp(ns // 10**9, UTC).replace(microsecond=(ns // 1000) % 10**6)
         assert stamp(ns) == utc_timestamp(moment)
-    assert len(stamp._prefixes) <= EpochStamp.KEEP
+    assert len(stamp._formats) <= EpochStamp.KEEP
 
 
 @given(
@@ -168,3 +168,19 @@ def test_line_format_gives_the_line_format_would(fields: dict, level: str, event
     log = JsonLog(stream=io.StringIO(), fields=fixed, clock=lambda: moment)
     body = dumps_flat(fields)[1:-1]
     assert log.line_format(event, level) % (utc_timestamp(moment), body) == log.format(event, level, **fields)
+
+
+@given(
+    st.integers(min_value=0, max_value=2**64),
+    st.text(),
+    st.dictionaries(st.text().filter(lambda k: k not in ("ts", "level", "event", "n", "s")), scalars),
+)
+def test_line_format_with_a_body_format_fills_it_in_the_same_operation(
+    number: int, text: str, fixed: dict
+) -> None:
+    # Fixed fields may hold "%": only the caller's body format is left for the % operation to fill.
+    moment = datetime(2026, 11, 21, 3, 12, 0, 123456, tzinfo=UTC)
+    log = JsonLog(stream=io.StringIO(), fields=fixed, clock=lambda: moment)
+    fmt = log.line_format("close", "info", body='"n":%d,"s":%s')
+    line = fmt % (utc_timestamp(moment), number, dumps_flat({"": text})[4:-1])
+    assert line == log.format("close", "info", n=number, s=text)
