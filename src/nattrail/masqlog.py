@@ -559,19 +559,34 @@ class Daemon:
             self.armed = False
 
     def on_readable(self) -> None:
-        drained = self.read_events(READ_BUDGET)
-        coalesce = self.logger.config.read_coalesce
-        if drained and coalesce > 0 and self.armed:
+        """The socket became readable: read what is queued, then let events gather (see poll)."""
+        received = self.read_events(READ_BUDGET)
+        if received < READ_BUDGET and self.logger.config.read_coalesce > 0 and self.armed:
             # Let events gather in the (large) receive buffer for a moment instead of waking up for
             # each one: every wake-up costs the event loop more than decoding an event does.
             self.disarm()
-            asyncio.get_running_loop().call_later(coalesce, self.arm)
+            asyncio.get_running_loop().call_later(self.logger.config.read_coalesce, self.poll)
 
-    def read_events(self, budget: int) -> bool:
-        """Read and log up to ``budget`` datagrams; say whether the queue ran empty. An overrun is
-        written down and starts a resync."""
+    def poll(self) -> None:
+        """Read what gathered since the last read. While events keep coming the daemon stays on this
+        timer, a wake-up per batch and no change to what the loop watches; a period that brings
+        nothing puts it back to watching the socket, so an idle router costs no wake-ups."""
+        if self.stopped:
+            return
+        received = self.read_events(READ_BUDGET)
+        loop = asyncio.get_running_loop()
+        if received >= READ_BUDGET:
+            loop.call_soon(self.poll)  # more queued: read on after the loop's other work
+        elif received:
+            loop.call_later(self.logger.config.read_coalesce, self.poll)
+        else:
+            self.arm()  # whatever arrives from now on makes the socket readable again
+
+    def read_events(self, budget: int) -> int:
+        """Read and log datagrams until the queue runs empty or ``budget`` were read; return how many
+        were read (the queue ran empty if fewer than ``budget``). An overrun is written down and
+        starts a resync."""
         overrun = False
-        drained = False
         received = 0
         try:
             while received < budget:
@@ -584,7 +599,6 @@ class Daemon:
                     received += 1
                     continue  # keep draining: what is still queued is real
                 if not views and not truncated:
-                    drained = True
                     break
                 received += len(views) + truncated
                 if truncated:
@@ -600,7 +614,7 @@ class Daemon:
             self.logger.events_lost()
             self.logger.flush()
             self.start_resync()
-        return drained
+        return received
 
     def handle_batch(self, views: list[memoryview]) -> None:
         logger = self.logger

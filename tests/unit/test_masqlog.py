@@ -427,6 +427,57 @@ def test_events_lost_during_a_dump_start_another_resync() -> None:
     assert asyncio.run(asyncio.wait_for(scenario(), 10)) == [1, 1]
 
 
+def test_a_busy_socket_is_read_on_a_timer_and_an_idle_one_watched_again() -> None:
+    """Events keep coming: each batch is read by the coalescing timer, and the loop is not asked to
+    watch the socket in between. A period with nothing puts the socket back under watch, so the
+    next event is read when it comes, not on a timer."""
+    tcp_new = events()[0]
+
+    async def until(condition: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met within 10 s"
+            await asyncio.sleep(0.001)
+
+    async def scenario() -> list[tuple[int, bool]]:
+        logger, _ = make_logger(read_coalesce=0.05)
+        kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        seen: list[tuple[int, bool]] = []
+        with kernel, ours:
+            ours.setblocking(False)
+            daemon = masqlog.Daemon(logger, ours, list)
+            polls = 0
+            poll = daemon.poll
+
+            def counted_poll() -> None:
+                nonlocal polls
+                polls += 1
+                poll()
+
+            daemon.poll = counted_poll  # type: ignore[method-assign]
+            daemon.arm()
+            for i in range(1, 4):  # busy: one event per period
+                kernel.send(datagram_of(tcp_new))
+                await until(lambda i=i: logger.stats.events == i)
+                seen.append((polls, daemon.armed))
+            await until(lambda: daemon.armed)  # a period with nothing: watched again
+            after_idle = polls
+            kernel.send(datagram_of(tcp_new))
+            await until(lambda: logger.stats.events == 4)
+            seen.append((polls - after_idle, daemon.armed))
+            daemon.stopped = True
+            daemon.disarm()
+        return seen
+
+    seen = asyncio.run(scenario())
+    # The first event wakes the loop; the next two are read by the timer, the socket unwatched.
+    assert [armed for _, armed in seen[:3]] == [False, False, False]
+    assert [polls for polls, _ in seen[:3]] == [0, 1, 2]
+    # After the idle period the event is read by the watch (no timer ran), which then hands over to
+    # the timer again.
+    assert seen[3] == (0, False)
+
+
 def test_config_validation_names_the_setting() -> None:
     assert build_config({"protocols": ["tcp", "udp"], "ident_timeout": 2}).ident_timeout == 2.0
     # The netns test below runs with the default 20 ms coalescing and still sees every event.
