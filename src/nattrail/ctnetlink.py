@@ -53,12 +53,14 @@ NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
 CTA_TUPLE_ORIG = 1
 CTA_TUPLE_REPLY = 2
 CTA_STATUS = 3
+CTA_PROTOINFO = 4
 CTA_TIMEOUT = 7
 CTA_COUNTERS_ORIG = 9
 CTA_COUNTERS_REPLY = 10
 CTA_ID = 12
 CTA_MARK = 8
 CTA_TIMESTAMP = 20
+CTA_TIMESTAMP_EVENT = 27
 CTA_MARK_MASK = 21
 # enum ctattr_tuple / ctattr_ip / ctattr_l4proto
 CTA_TUPLE_IP = 1
@@ -335,6 +337,20 @@ _DESTROY_HEADERS = (
     *_STAMP_HEADERS,
 )
 _COUNTER_KINDS = frozenset({CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY})
+# What the kernel sends after those, none of it used here, by its length: TCP's NEW (the timeout,
+# TCP's state, the event's time stamp), UDP's NEW, TCP's DESTROY (TCP's state), UDP's DESTROY. A
+# rest of one of these lengths with exactly these headers needs no walk; anything else is walked.
+_REST_TIMEOUT = NLA_HDR.pack(8, CTA_TIMEOUT)
+_REST_STAMP = NLA_HDR.pack(12, CTA_TIMESTAMP_EVENT)
+_KNOWN_RESTS = {
+    68: (
+        struct.Struct("!4s4x4s44x4s8x"),
+        (_REST_TIMEOUT, NLA_HDR.pack(48, CTA_PROTOINFO | NLA_F_NESTED), _REST_STAMP),
+    ),
+    20: (struct.Struct("!4s4x4s8x"), (_REST_TIMEOUT, _REST_STAMP)),
+    28: (struct.Struct("!4s12x4s8x"), (NLA_HDR.pack(16, CTA_PROTOINFO | NLA_F_NESTED), _REST_STAMP)),
+    12: (struct.Struct("!4s8x"), (_REST_STAMP,)),
+}
 _new = tuple.__new__
 
 
@@ -346,6 +362,36 @@ def _fixed_pair(
         return None
     h1, first, h2, second = _PAIR.unpack_from(data, a)
     return (first, second) if (h1, h2) == headers else None
+
+
+_Rest = tuple[Counters | None, Counters | None, int | None, int | None]
+
+
+def _walk_rest(data: bytes | memoryview, pos: int, end: int, found: _Rest) -> _Rest | None:
+    """The counters and timestamps among the attributes from ``pos`` on (``found``: those read
+    already), walked one by one; None if one of the head's attributes comes again."""
+    c_orig, c_reply, start_ns, stop_ns = found
+    unpack_header = NLA_HDR.unpack_from
+    # iter_attrs' walk, inlined.
+    while pos + 4 <= end:
+        length, kind = unpack_header(data, pos)
+        if length < 4 or pos + length > end:
+            raise DecodeError(f"bad attribute length {length} at offset {pos}")
+        a, b = pos + 4, pos + length
+        pos += (length + 3) & ~3
+        kind &= NLA_TYPE_MASK
+        if kind in _COUNTER_KINDS:
+            pair = _fixed_pair(data, a, b, _COUNTER_HEADERS)
+            counters = _new(Counters, pair) if pair else _counters(data, a, b)
+            if kind == CTA_COUNTERS_ORIG:
+                c_orig = counters
+            else:
+                c_reply = counters
+        elif kind == CTA_TIMESTAMP:
+            start_ns, stop_ns = _fixed_pair(data, a, b, _STAMP_HEADERS) or _timestamps(data, a, b)
+        elif kind in _HEAD_KINDS:
+            return None
+    return c_orig, c_reply, start_ns, stop_ns
 
 
 def _fast_event(data: bytes | memoryview, start: int, end: int, event: str) -> Conntrack | None:
@@ -373,26 +419,12 @@ def _fast_event(data: bytes | memoryview, start: int, end: int, event: str) -> C
             pos += _DESTROY_TAIL.size
         else:
             start_ns = stop_ns = None
-    unpack_header = NLA_HDR.unpack_from
-    # iter_attrs' walk, inlined: this loop runs for every event the router sees.
-    while pos + 4 <= end:
-        length, kind = unpack_header(data, pos)
-        if length < 4 or pos + length > end:
-            raise DecodeError(f"bad attribute length {length} at offset {pos}")
-        a, b = pos + 4, pos + length
-        pos += (length + 3) & ~3
-        kind &= NLA_TYPE_MASK
-        if kind in _COUNTER_KINDS:
-            pair = _fixed_pair(data, a, b, _COUNTER_HEADERS)
-            counters = _new(Counters, pair) if pair else _counters(data, a, b)
-            if kind == CTA_COUNTERS_ORIG:
-                c_orig = counters
-            else:
-                c_reply = counters
-        elif kind == CTA_TIMESTAMP:
-            start_ns, stop_ns = _fixed_pair(data, a, b, _STAMP_HEADERS) or _timestamps(data, a, b)
-        elif kind in _HEAD_KINDS:
+    known = _KNOWN_RESTS.get(end - pos)
+    if known is None or known[0].unpack_from(data, pos) != known[1]:
+        rest = _walk_rest(data, pos, end, (c_orig, c_reply, start_ns, stop_ns))
+        if rest is None:
             return None
+        c_orig, c_reply, start_ns, stop_ns = rest
     inet_ntoa = socket.inet_ntoa
     # tuple.__new__ with every field given: a NamedTuple's own constructor costs three times as much,
     # and this runs three times for each event the router sees.

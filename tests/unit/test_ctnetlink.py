@@ -442,3 +442,21 @@ def test_destroy_counters_and_timestamps_have_the_fixed_layout_the_fast_path_rea
         tail = ctnetlink._DESTROY_TAIL.unpack_from(data, pos)
         headers = tuple(value for value in tail if isinstance(value, bytes))
         assert headers == ctnetlink._DESTROY_HEADERS
+
+
+def test_what_follows_the_fast_layout_is_one_the_decoder_knows_without_a_walk() -> None:
+    # Timeout, TCP state and the event's time stamp follow what the fast path reads; the decoder
+    # knows their layouts by length and skips them without walking. Pinned to the captured events,
+    # TCP and UDP, NEW and DESTROY, as for the counters above.
+    kinds = set()
+    for data, start, end, event in conntrack_messages():
+        fast = ctnetlink._fast_event(data, start, end, event)
+        if fast is None:
+            continue
+        pos = start + ctnetlink._EVENT_HEAD.size
+        if event == "destroy":
+            pos += ctnetlink._DESTROY_TAIL.size
+        layout, headers = ctnetlink._KNOWN_RESTS[end - pos]
+        assert layout.unpack_from(data, pos) == headers
+        kinds.add((event, fast.orig.proto))
+    assert kinds == {("new", 6), ("new", 17), ("destroy", 6), ("destroy", 17)}
