@@ -179,6 +179,13 @@ def conntracks(draw: st.DrawFn) -> Conntrack:
     return Conntrack("destroy", ct_id, ctnetlink.IPS_SRC_NAT, orig, reply, *counters, start_ns, stop_ns)
 
 
+@given(st.integers(0, 10**15))  # up to 11 days
+def test_durations_are_seconds_to_the_nearest_microsecond(ns: int) -> None:
+    assert abs(masqlog._seconds(ns) * 1e6 - ns / 1000) <= 0.5 + 1e-6
+    # What round(ns / 1e9, 6) gives, except on an exact half, where _seconds rounds up.
+    assert masqlog._seconds(ns) == round(ns / 1e9, 6) or ns % 1000 == 500
+
+
 @given(conntracks(), st.sampled_from(["plain", "skipped", "resync"]))
 def test_open_and_close_lines_are_the_records_the_general_encoder_makes(ct: Conntrack, kind: str) -> None:
     """The hot path formats open and close records from templates; they must be, byte for byte, the
@@ -203,7 +210,7 @@ def test_open_and_close_lines_are_the_records_the_general_encoder_makes(ct: Conn
         extra = {"user": None, "ident_error": "skipped:rate"}
     expected_open = {"ts": now, "level": "info", "event": "open", **conn, "opened": opened, **extra}
     if ct.start_ns and ct.stop_ns:
-        duration: float | None = round((ct.stop_ns - ct.start_ns) / 1e9, 6)
+        duration: float | None = (ct.stop_ns - ct.start_ns + 500) // 1000 / 1e6  # µs, half up
     else:
         duration = 0.0  # the injected monotonic clock does not move
     c_orig, c_reply = ct.counters_orig, ct.counters_reply
