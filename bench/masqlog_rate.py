@@ -294,6 +294,9 @@ def _count_masqlog(lines: list[bytes], client: str, ports: set[int]) -> dict[str
         load = rec.get("client_ip") == client and rec.get("server_port") in ports
         if event == "open":
             c["open_resync" if rec.get("resync") else "open"] += load
+            skipped = rec.get("ident_error")  # a skipped query is said in the open record itself
+            if skipped and str(skipped).startswith("skipped:"):
+                c[f"ident_{skipped.replace(':', '_')}"] += 1
         elif event == "close":
             c["close_lost" if rec.get("lost") else "close"] += load
         elif event == "ident":
