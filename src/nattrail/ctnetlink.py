@@ -657,13 +657,15 @@ def _replies(
 # A GET for an IPv4 TCP or UDP connection is always this layout: one pack, the addresses and ports
 # already in network order, the attribute headers as constants between them.
 _GET_LEN = 72
+# The tuple's headers are the ones the event decoder expects (_TUPLE_HEADERS: ip nest, source,
+# destination, proto nest, number, source port, destination port), with the padding between them.
 _GET_CONSTANTS = (
     NFGEN_HDR.pack(socket.AF_INET, 0, 0) + NLA_HDR.pack(52, CTA_TUPLE_ORIG | NLA_F_NESTED)
-    + NLA_HDR.pack(20, CTA_TUPLE_IP | NLA_F_NESTED) + NLA_HDR.pack(8, CTA_IP_V4_SRC),
-    NLA_HDR.pack(8, CTA_IP_V4_DST),
-    NLA_HDR.pack(28, CTA_TUPLE_PROTO | NLA_F_NESTED) + NLA_HDR.pack(5, CTA_PROTO_NUM),
-    b"\0\0\0" + NLA_HDR.pack(6, CTA_PROTO_SRC_PORT),
-    b"\0\0" + NLA_HDR.pack(6, CTA_PROTO_DST_PORT),
+    + _TUPLE_HEADERS[0] + _TUPLE_HEADERS[1],
+    _TUPLE_HEADERS[2],
+    _TUPLE_HEADERS[3] + _TUPLE_HEADERS[4],
+    b"\0\0\0" + _TUPLE_HEADERS[5],
+    b"\0\0" + _TUPLE_HEADERS[6],
 )  # fmt: skip
 _GET_FAST = struct.Struct(
     "=IHHII" + "".join(f"{len(c)}s4s" for c in _GET_CONSTANTS[:2]) + f"{len(_GET_CONSTANTS[2])}sB"
