@@ -328,7 +328,7 @@ class MasqLogger:
     def handle(self, ct: Conntrack) -> None:
         """Log one conntrack event (new, destroy or dump) if it is a masqueraded connection."""
         self.stats.events += 1
-        if not (ct.status & ctnetlink.IPS_SRC_NAT and ct.orig.proto in self.proto_numbers):  # wanted()
+        if not self.wanted(ct):
             self.stats.ignored += 1
             return
         key: Key = (ct.ct_id, ct.orig)
