@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest
@@ -159,6 +161,18 @@ def run_netns_driver(script: str, *args: str, timeout: float = 60) -> subprocess
         timeout=timeout,
         env={**os.environ, "PYTHONPATH": str(REPO / "src"), "PARENT_NETNS": os.readlink("/proc/self/ns/net")},
     )
+
+
+def netns_driver_report(script: str, *args: str, untested: str, timeout: float = 60) -> Any:
+    """Run a test file's driver in a private network namespace (:func:`run_netns_driver`) and return
+    the JSON report it printed; the driver must exit 0. Where no such namespace can be made, the
+    test is skipped loudly, saying what is ``untested``."""
+    reason = netns_unavailable("ip")
+    if reason:
+        pytest.skip(f"SKIPPED LOUDLY: untested here, {untested}: {reason}")
+    result = run_netns_driver(script, *args, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def refuse_outside_private_netns() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import netns_unavailable, refuse_outside_private_netns, run_netns_driver
+from conftest import netns_driver_report, refuse_outside_private_netns
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -358,12 +358,9 @@ def test_lookup_replies_give_time_left_or_gone() -> None:
 def test_lookup_against_the_real_kernel() -> None:
     """In a private network namespace: a live connection reports its time left, the same tuple
     under another id is gone, and an expired entry is deleted by the lookup, its DESTROY following."""
-    reason = netns_unavailable("ip")
-    if reason:
-        pytest.skip(f"SKIPPED LOUDLY: conntrack lookups against the real kernel are untested here: {reason}")
-    result = run_netns_driver(__file__, "--lookup-driver")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = netns_driver_report(
+        __file__, "--lookup-driver", untested="conntrack lookups against the real kernel"
+    )
     assert report["alive"][0] > 1000  # established: days
     assert report["other_id"] == [None]
     assert report["reset"][0] is not None and report["reset"][0] <= 1  # CLOSE: one second here

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import netns_unavailable, refuse_outside_private_netns, run_netns_driver
+from conftest import netns_driver_report, refuse_outside_private_netns
 from hypothesis import given
 from hypothesis import strategies as st
 from test_ctnetlink import captured
@@ -523,12 +523,9 @@ def test_cli_check_reports_bad_config_file(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_daemon_in_a_network_namespace(tmp_path: Path) -> None:
-    reason = netns_unavailable("ip")
-    if reason:
-        pytest.skip(f"SKIPPED LOUDLY: masqlog against the real kernel is untested here: {reason}")
-    result = run_netns_driver(__file__, "--netns-driver", str(tmp_path), timeout=120)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = netns_driver_report(
+        __file__, "--netns-driver", str(tmp_path), timeout=120, untested="masqlog against the real kernel"
+    )
 
     logged = [json.loads(line) for line in (tmp_path / "masq.log").read_text().splitlines()]
     by_port: dict[int, list[dict[str, Any]]] = {}

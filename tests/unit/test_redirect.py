@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import netns_unavailable, refuse_outside_private_netns, run_netns_driver
+from conftest import netns_driver_report, refuse_outside_private_netns
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -838,12 +838,7 @@ def test_daemon_process_signals(tmp_path: Path) -> None:
 
 
 def test_real_so_original_dst_in_a_network_namespace() -> None:
-    reason = netns_unavailable("ip")
-    if reason:
-        pytest.skip(f"SKIPPED LOUDLY: the real SO_ORIGINAL_DST path is untested here: {reason}")
-    result = run_netns_driver(__file__, "--netns-driver")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = netns_driver_report(__file__, "--netns-driver", untested="the real SO_ORIGINAL_DST path")
     assert report["requested"] == [["127.0.0.2", 9]]
     assert report["echo"] == "through the redirect" + TRAILER.decode()
     opened = report["events"]["open"]
