@@ -2,7 +2,9 @@
 
 apply    checks the candidate (nft -c), carries the accounting counters over, loads it in one
          transaction and, unless the timeout is 0, schedules a rollback to the confirmed ruleset;
-confirm  cancels the pending rollback and installs the candidate as the ruleset loaded at boot;
+confirm  proves that it arrived over a TCP connection opened after the apply (a new SSH login, not
+         one multiplexed over a connection the old ruleset let in), then cancels the pending
+         rollback and installs the candidate as the ruleset loaded at boot;
 rollback reloads the confirmed ruleset (what the scheduled timer runs);
 carry    writes the counters that the next load must start from (nftables.service runs it before
          it flushes the ruleset at shutdown, so a reboot keeps the counts too).
@@ -22,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from nattrail import accounting
+from nattrail import accounting, carrier
 from nattrail.jsonlog import utc_timestamp
 
 ROLLBACK_UNIT = "nattrail-rollback"
@@ -50,6 +52,11 @@ class Paths:
     @property
     def counters_json(self) -> Path:
         return self.state / "accounting.json"
+
+    @property
+    def baseline(self) -> Path:
+        """The connections that existed right after the apply: a confirmation over one proves nothing."""
+        return self.state / "confirm-baseline.json"
 
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -150,6 +157,9 @@ def apply(paths: Paths, confirm_timeout: int) -> dict[str, object]:
     nft_load(paths.candidate)
     record: dict[str, object] = {"event": "applied", "at": utc_timestamp(), "counters_carried": carried}
     if confirm_timeout > 0:
+        # Taken after the load: a connection opened since then passed the new ruleset's checks.
+        baseline = {"applied": record["at"], "connections": carrier.open_connections()}
+        accounting.write_atomic(paths.baseline, json.dumps(baseline, indent=2) + "\n", mode=0o600)
         schedule_rollback(paths, confirm_timeout)
         record["rollback_in_s"] = confirm_timeout
     else:
@@ -161,14 +171,40 @@ def install(paths: Paths) -> None:
     accounting.write_atomic(paths.target, paths.candidate.read_text(encoding="utf-8"))
 
 
-def confirm(paths: Paths) -> dict[str, object]:
+def new_connection(paths: Paths, carrying: carrier.TcpSocket | None) -> str:
+    """The tuple of ``carrying`` if it proves that new connections reach the router; else RulesetError."""
+    if carrying is None:
+        raise RulesetError(
+            "this confirmation did not arrive over a network connection to the router (a console, "
+            "docker exec or Ansible's local connection), so it proves nothing about the administrator's "
+            "path; confirm from a host that logs in over SSH (nat_router_confirm_from), or pass "
+            "--no-proof to confirm by hand at the console"
+        )
+    try:
+        baseline = json.loads(paths.baseline.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RulesetError(f"cannot read the connections recorded at the apply ({exc})") from None
+    if carrying.tuple in baseline.get("connections", []):
+        raise RulesetError(
+            f"this confirmation came over {carrying.tuple}, a connection that was already open when "
+            f"the ruleset was applied at {baseline.get('applied')} (a multiplexed SSH connection, such "
+            "as a ControlMaster): it proves nothing about new connections. Close it, or turn SSH "
+            "multiplexing off for the router, and confirm over a new connection"
+        )
+    return carrying.tuple
+
+
+def confirm(paths: Paths, proof: bool = True) -> dict[str, object]:
     if not rollback_pending():
         raise RulesetError("nothing to confirm: no rollback is pending (it may already have run)")
+    record: dict[str, object] = {"event": "confirmed", "at": utc_timestamp(), "installed": str(paths.target)}
+    if proof:
+        record["over"] = new_connection(paths, carrier.carrying_connection())
     result = run(["systemctl", "stop", f"{ROLLBACK_UNIT}.timer"])
     if result.returncode != 0:
         raise RulesetError(f"could not cancel the rollback: {result.stderr.strip()}")
     install(paths)
-    return {"event": "confirmed", "at": utc_timestamp(), "installed": str(paths.target)}
+    return record
 
 
 def rollback(paths: Paths) -> dict[str, object]:
@@ -186,6 +222,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--family", default="inet")
     parser.add_argument("--table", default="nattrail")
     parser.add_argument("--confirm-timeout", type=int, default=60, help="seconds; 0 applies without rollback")
+    parser.add_argument(
+        "--no-proof",
+        dest="proof",
+        action="store_false",
+        help="confirm without proving that a new connection reached the router (by hand, at the console)",
+    )
     parser.set_defaults(func=main)
 
 
@@ -195,7 +237,7 @@ def main(args: argparse.Namespace) -> int:
         if args.action == "apply":
             record = apply(paths, args.confirm_timeout)
         elif args.action == "confirm":
-            record = confirm(paths)
+            record = confirm(paths, proof=args.proof)
         elif args.action == "rollback":
             record = rollback(paths)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -125,23 +126,121 @@ def test_connection_to_an_excluded_network_bypasses_the_proxy(lab, listen):
     assert "203.0.113.20" not in danted_journal(lab)[len(journal_before) :]
 
 
-def ssh_from_client(lab):
-    return lab["client"].run("ssh -o BatchMode=yes -o ConnectTimeout=3 root@10.77.0.2 true")
+SSH = "ssh -o BatchMode=yes -o ConnectTimeout=3 -o StrictHostKeyChecking=accept-new"
+
+
+def ssh_from_client(lab, *options: str) -> subprocess.CompletedProcess[str]:
+    """A new SSH login from the administrator's network (never multiplexed unless ``options`` say so)."""
+    mux = " ".join(options) or "-o ControlMaster=no -o ControlPath=none"
+    return lab["client"].run(f"{SSH} {mux} root@10.77.0.2 true")
+
+
+def loaded_ruleset(lab) -> str:
+    # Stateless: without the live counters, which traffic changes between two listings.
+    return lab["router"].check("nft --stateless list table inet nattrail")
+
+
+def rollback_pending(lab) -> bool:
+    return lab["router"].run("systemctl is-active --quiet nattrail-rollback.timer").rc == 0
+
+
+def assert_confirmed(result: subprocess.CompletedProcess[str], task: str, outcome: str) -> None:
+    """The play succeeded and its task ``task`` reported ``outcome`` (e.g. "changed: [router]")."""
+    assert result.returncode == 0, result.stdout[-3000:]
+    after = result.stdout.split(task, 1)
+    assert len(after) == 2, f"no task {task!r} ran"
+    reported = after[1].split("TASK [", 1)[0].split("\n", 1)[1].strip()
+    assert reported.startswith(outcome), reported
+
+
+def test_the_default_confirmation_comes_over_a_new_connection_of_ansibles_own(lab):
+    # The lab manages the router over SSH; a changed ruleset is confirmed over a new login.
+    try:
+        done = converge("--limit", "router", "-e", "nat_router_icmp_echo_rate=9/second")
+        assert_confirmed(
+            done, "Confirm the ruleset over a new connection of Ansible's own", "changed: [router]"
+        )
+        assert "9/second" in loaded_ruleset(lab)
+        assert not rollback_pending(lab)
+    finally:
+        restored = converge("--limit", "router")
+        assert restored.returncode == 0, restored.stdout[-3000:]
+
+
+def test_the_confirmation_can_come_from_another_host(lab):
+    settings = '{"nat_router_confirm_from": "client", "nat_router_icmp_echo_rate": "9/second"}'
+    try:
+        done = converge("--limit", "router", "-e", settings)
+        assert_confirmed(
+            done, "by a new SSH login from nat_router_confirm_from (client)", "changed: [router -> client"
+        )
+        assert "9/second" in loaded_ruleset(lab)
+        assert not rollback_pending(lab)
+    finally:
+        restored = converge("--limit", "router")
+        assert restored.returncode == 0, restored.stdout[-3000:]
 
 
 def test_a_ruleset_that_locks_the_administrator_out_is_rolled_back(lab):
-    good = lab["router"].check("sha256sum /etc/nftables.conf")
+    # The reproduction of the lock-out: Ansible itself manages the router over SSH from the inside
+    # network, and the new ruleset refuses new SSH from there (established connections still pass).
+    good = loaded_ruleset(lab)
+    boot = lab["router"].check("sha256sum /etc/nftables.conf")
     assert ssh_from_client(lab).rc == 0
-    bad = converge("-e", '{"nat_router_router_access_from_internal": [], "nat_router_confirm_timeout": 15}')
-    assert bad.returncode != 0
-    assert "could not be confirmed" in bad.stdout
-    deadline = time.monotonic() + 40
-    while ssh_from_client(lab).rc != 0:
-        assert time.monotonic() < deadline, "the previous ruleset was not restored"
-        time.sleep(1)
-    assert lab["router"].check("sha256sum /etc/nftables.conf") == good, "an unconfirmed ruleset was kept"
-    restored = converge("--limit", "router")
-    assert restored.returncode == 0, restored.stdout[-3000:]
+    settings = '{"nat_router_router_access_from_internal": [], "nat_router_confirm_timeout": 15}'
+    try:
+        bad = converge("--limit", "router", "-e", settings)
+        assert bad.returncode != 0
+        message = " ".join(bad.stdout.split())
+        assert (
+            "nat_router: host router: the new ruleset could not be confirmed over a new connection from the "
+            "controller (the router could not be reached" in message
+        ), bad.stdout[-3000:]
+        assert "The previous ruleset was restored 15 s after the apply" in message
+        assert "a new connection reaches the router again" in message
+        # The play failed for the router with the role's message; it did not end "unreachable".
+        assert re.search(r"router\s+: ok=\d+\s+changed=\d+\s+unreachable=0\s+failed=1", bad.stdout), (
+            bad.stdout[-800:]
+        )
+        # The play waited for the rollback: a new login works at once, the old ruleset is loaded.
+        assert ssh_from_client(lab).rc == 0
+        assert loaded_ruleset(lab) == good, "the unconfirmed ruleset is still loaded"
+        assert not rollback_pending(lab)
+        assert lab["router"].check("sha256sum /etc/nftables.conf") == boot, (
+            "the unconfirmed ruleset is loaded at boot"
+        )
+    finally:
+        restored = converge("--limit", "router")
+        assert restored.returncode == 0, restored.stdout[-3000:]
+
+
+def test_a_confirmation_over_a_connection_open_before_the_apply_is_refused(lab):
+    # An SSH master connection (ControlMaster), opened before the apply, as Ansible's own would be
+    # without the role's reset: a confirmation multiplexed over it must not count.
+    mux = "-o ControlPath=/root/.ssh/nt-test-mux"
+    router = "root@10.77.0.2"
+    client = lab["client"]
+    client.check(f"{SSH} {mux} -o ControlMaster=yes -o ControlPersist=120 -fN {router}")
+    try:
+        peer_ip, peer_port, ip, port = client.check(f"{SSH} {mux} {router} 'echo $SSH_CONNECTION'").split()
+        old = f"{peer_ip}:{peer_port} -> {ip}:{port}"
+        # The confirmed ruleset applied again as its own candidate: nothing changes but the proof.
+        client.check(f"{SSH} {mux} {router} nattrail ruleset apply --candidate /etc/nftables.conf")
+        assert rollback_pending(lab)
+        refused = client.run(f"{SSH} {mux} {router} nattrail ruleset confirm")
+        assert refused.rc == 1, refused.stdout
+        error = json.loads(refused.stderr)["error"]
+        assert f"came over {old}, a connection that was already open" in error
+        assert rollback_pending(lab), "a refused confirmation cancelled the rollback"
+        fresh = json.loads(
+            client.check(f"{SSH} -o ControlMaster=no -o ControlPath=none {router} nattrail ruleset confirm")
+        )
+        assert fresh["event"] == "confirmed"
+        assert fresh["over"].startswith("10.77.0.10:") and fresh["over"] != old
+        assert not rollback_pending(lab)
+    finally:
+        client.run(f"ssh {mux} -O exit {router}")
+        lab["router"].run("systemctl stop nattrail-rollback.timer")
 
 
 def test_bad_inventory_fails_the_play_before_the_router_changes(lab):
@@ -169,14 +268,3 @@ def test_bad_masq_logger_setting_fails_before_the_router_changes(lab):
     assert "masq_logger_protocols" in message and "sctp" in message, bad.stdout[-2000:]
     assert "[router]" in message
     assert lab["router"].check(state) == before
-
-
-def test_converge_confirms_directly_without_an_admin_workstation(lab):
-    # No nat_router_confirm_from: the confirmation runs on the router itself. A changed ruleset
-    # (another ICMP rate) makes the apply and confirm tasks run.
-    settings = '{"nat_router_confirm_from": "", "nat_router_icmp_echo_rate": "7/second"}'
-    done = converge("--limit", "router", "-e", settings)
-    assert done.returncode == 0, done.stdout[-3000:]
-    assert "7/second" in lab["router"].check("nft list table inet nattrail")
-    restored = converge("--limit", "router")
-    assert restored.returncode == 0, restored.stdout[-3000:]
