@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,25 @@ import yaml
 # so a second lab can be tested while the default one is busy.
 PROJECT = Path(__file__).resolve().parents[3]
 TOPOLOGY = Path(os.environ.get("NATTRAIL_LAB_TOPOLOGY") or PROJECT / "lab" / "topology.yml")
+# NATTRAIL_LAB_INVENTORY and NATTRAIL_LAB_PLAYBOOK name what the checks that converge run.
+INVENTORY = os.environ.get("NATTRAIL_LAB_INVENTORY") or str(PROJECT / "inventory" / "lab")
+PLAYBOOK = os.environ.get("NATTRAIL_LAB_PLAYBOOK") or str(PROJECT / "site.yml")
+
+
+def converge(*extra: str) -> subprocess.CompletedProcess[str]:
+    """Run the playbook against the lab as an administrator would, with plain-text output: Molecule
+    turns colour on for everything it starts (ANSIBLE_FORCE_COLOR), and the checks read this text."""
+    env = {**os.environ, "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"}
+    env["ANSIBLE_NOCOLOR"] = "1"
+    return subprocess.run(
+        ["ansible-playbook", "-i", INVENTORY, PLAYBOOK, *extra],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
 
 # A one-shot TCP listener: records the peer of the first connection, then drains it.
 LISTENER = """

@@ -4,12 +4,11 @@ the transparent SOCKS redirect, anti-spoofing and the commit-confirm rollback.""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
 
-from conftest import PROJECT, logged_packets
+from conftest import converge, logged_packets
 
 ROUTER_OUT = "203.0.113.2"
 
@@ -17,18 +16,6 @@ ROUTER_OUT = "203.0.113.2"
 def try_connect(lab, source: str, address: str, port: int, timeout: float = 3.0):
     code = f"import socket; socket.create_connection(({address!r}, {port}), timeout={timeout}).close()"
     return lab[source].run(f'python3 -c "{code}"')
-
-
-def converge(*extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg")}
-    return subprocess.run(
-        ["ansible-playbook", "-i", str(PROJECT / "inventory/lab"), str(PROJECT / "site.yml"), *extra],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def accounting(lab) -> dict[str, dict]:

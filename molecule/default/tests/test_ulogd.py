@@ -9,7 +9,6 @@ check runs (default: inventory/lab and site.yml).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shlex
 import subprocess
@@ -18,14 +17,12 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
-from conftest import PROJECT
+from conftest import converge as lab_converge
 
 PACKETS = "/var/log/ulog/packets.json"
 FLOWS = "/var/log/ulog/flows.json"
 PSQL = "runuser -u postgres -- psql -X -q -At -F '|' -d ulogd"
 PG_UNIT = "postgresql@15-main"
-INVENTORY = os.environ.get("NATTRAIL_LAB_INVENTORY") or str(PROJECT / "inventory" / "lab")
-PLAYBOOK = os.environ.get("NATTRAIL_LAB_PLAYBOOK") or str(PROJECT / "site.yml")
 
 # On the scanner: `count` TCP SYNs to dst:dport at `rate` per second from source ports first,
 # first+1, ... with sequence number i and the given window, built by hand (raw socket) so that each
@@ -445,15 +442,7 @@ def test_ulogd_started_while_the_database_is_down_reattaches_when_it_returns(lab
 
 
 def converge(*extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg")}
-    return subprocess.run(
-        ["ansible-playbook", "-i", INVENTORY, PLAYBOOK, "--limit", "routers", *extra],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    return lab_converge("--limit", "routers", *extra)
 
 
 def test_bad_ulogd_inventory_fails_before_the_router_changes(lab):
