@@ -102,7 +102,9 @@ def render(cfg: dict, facts: dict, carry: str) -> tuple[str, float]:
     template = env.from_string(TEMPLATE.read_text())
     start = time.perf_counter()
     rules = nat_router_rules(cfg, facts, "router")
-    text = template.render(nat_router_rules=rules, nat_router_carry_include=carry)
+    text = template.render(
+        nat_router_rules=rules, nat_router_carry_include=carry, nat_router_carry_sets_include=carry
+    )
     return text, time.perf_counter() - start
 
 

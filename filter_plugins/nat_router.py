@@ -40,6 +40,7 @@ DEFAULTS: dict[str, object] = {
     "router_access_from_internal": "all",
     "inbound_services": [],
     "icmp_echo_rate": "5/second",
+    "icmp_echo_rate_total": "50/second",
     "noisy_udp_ports": list(DEFAULT_NOISY_UDP_PORTS),
     "log_group": 1,
     "log_prefix_input": "nattrail-in-drop: ",
@@ -549,12 +550,27 @@ def _router_access(ctx: _Context) -> tuple[bool, list[dict[str, object]]]:
     return False, _services(ctx, "router_access_from_internal")
 
 
-def _icmp_rate(ctx: _Context) -> str:
-    rate = ctx.get("icmp_echo_rate")
+# Every reason the ruleset drops or rejects a packet, each counted by a named counter of its own.
+DROP_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("drop_spoof", "spoofed source on an external interface"),
+    ("drop_blocklist", "source in the blocklist"),
+    ("drop_icmp_limit", "echo request over the rate limit"),
+    ("drop_in_invalid", "invalid connection state, to the router"),
+    ("drop_ident_reset", "ident (113/tcp) answered with a reset"),
+    ("drop_broadcast", "broadcast or multicast to the router"),
+    ("drop_noisy_udp", "noisy UDP from outside, not logged"),
+    ("drop_in", "to the router, not allowed (logged)"),
+    ("drop_fwd_invalid", "invalid connection state, forwarded"),
+    ("drop_fwd", "forwarded, not allowed (logged)"),
+)
+
+
+def _icmp_rate(ctx: _Context, key: str) -> str:
+    rate = ctx.get(key)
     match = _RATE_RE.fullmatch(rate) if isinstance(rate, str) else None
     if not match or int(match["n"]) == 0 or match["burst"] == "0":
         ctx.errors.add(
-            "icmp_echo_rate",
+            key,
             "value",
             rate,
             'expected a rate such as "5/second" or "60/minute burst 10 packets"',
@@ -946,13 +962,15 @@ def nat_router_rules(config: object, facts: object, hostname: object = None) -> 
             "internal_access_all": access_all,
             "internal_services": access_services,
             "inbound_services": _services(ctx, "inbound_services"),
-            "icmp_echo_rate": _icmp_rate(ctx),
+            "icmp_echo_rate": _icmp_rate(ctx, "icmp_echo_rate"),
+            "icmp_echo_rate_total": _icmp_rate(ctx, "icmp_echo_rate_total"),
             "noisy_udp_ports": [p for row in _services(ctx, "noisy_udp_ports", "udp") for p in row["ports"]],
         },
         "nat": _nat_mode(ctx),
         "dnat": _dnat(ctx, internal_networks),
         "socks_redirect": _socks(ctx, internal_networks),
         "accounting": _accounting(ctx),
+        "drop_counters": [{"name": name, "comment": comment} for name, comment in DROP_COUNTERS],
     }
     errors.raise_if_any()
     return rules

@@ -71,8 +71,11 @@ def _count(value: object, what: str) -> int:
     return value
 
 
-def parse_nft_json(document: str | Mapping[str, Any], family: str, table: str) -> dict[str, Counter]:
-    """Pick the accounting counters of ``family table`` out of ``nft -j list counters`` output."""
+def parse_nft_json(
+    document: str | Mapping[str, Any], family: str, table: str, names: re.Pattern[str] | None = COUNTER_NAME
+) -> dict[str, Counter]:
+    """Pick the counters of ``family table`` whose names match ``names`` (default: the accounting
+    counters; None: every counter) out of ``nft -j list counters`` output."""
     try:
         data = json.loads(document) if isinstance(document, str) else document
     except json.JSONDecodeError as exc:
@@ -88,7 +91,7 @@ def parse_nft_json(document: str | Mapping[str, Any], family: str, table: str) -
         name = counter.get("name")
         if counter.get("family") != family or counter.get("table") != table or not isinstance(name, str):
             continue
-        if not COUNTER_NAME.match(name):
+        if names is not None and not names.match(name):
             continue
         comment = counter.get("comment")
         counters[name] = Counter(
@@ -276,16 +279,21 @@ def table_exists(family: str, table: str, runner: Runner = run_command, nft: str
 
 
 def read_counters(
-    family: str, table: str, runner: Runner = run_command, nft: str = "nft"
+    family: str,
+    table: str,
+    runner: Runner = run_command,
+    nft: str = "nft",
+    names: re.Pattern[str] | None = COUNTER_NAME,
 ) -> dict[str, Counter]:
-    """Counters from the live ruleset. TableMissing if the table is absent, AccountingError otherwise."""
+    """Counters (see parse_nft_json for ``names``) from the live ruleset. TableMissing if the table is
+    absent, AccountingError otherwise."""
     result = _nft(runner, [nft, "-j", "list", "counters", "table", family, table])
     if result.returncode != 0:
         # nft's error text is localised and terse ("No such file or directory"); ask it directly instead.
         if not table_exists(family, table, runner, nft):
             raise TableMissing(f"table {family} {table} does not exist")
         raise AccountingError(f"nft list counters failed: {result.stderr.strip() or result.returncode}")
-    return parse_nft_json(result.stdout, family, table)
+    return parse_nft_json(result.stdout, family, table, names)
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from nattrail import __version__
 
 # Subcommand modules, imported lazily so that one broken optional piece never takes the CLI down.
-SUBCOMMANDS: tuple[str, ...] = ("redirect", "accounting", "ruleset", "masqlog", "who")
+SUBCOMMANDS: tuple[str, ...] = ("redirect", "accounting", "drops", "ruleset", "masqlog", "who")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,10 @@ carry    writes the counters that the next load must start from (nftables.servic
 Counters survive a reload because the ruleset includes ``<state>/carry/*.nft`` between deleting
 and re-creating the table: the counter objects declared there, with their current values, are
 created first, and the ruleset's own declarations of the same counters then change nothing.
+Elements added at run time to a timeout set (the blocklist) survive the same way: the ruleset
+includes ``<state>/carry-sets/*.nft`` after the table, which adds them back with the time they had
+left. Only sets the new ruleset declares with ``flags timeout`` and the same type are carried;
+``dynamic`` sets are the kernel's own rate meters and start afresh.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from nattrail.jsonlog import utc_timestamp
 ROLLBACK_UNIT = "nattrail-rollback"
 COUNTER_DECLARATION = re.compile(r"^\s*counter\s+([A-Za-z_][A-Za-z0-9_]*)\s*\{([^}]*)\}", re.MULTILINE)
 COMMENT = re.compile(r'comment\s+"([^"]*)"')
+SET_DECLARATION = re.compile(r"^\s*set\s+([A-Za-z_][A-Za-z0-9_]*)\s*\{([^}]*)\}", re.MULTILINE)
+SET_TYPE = re.compile(r"\btype\s+([A-Za-z0-9_ .]+?)\s*(?:;|$)", re.MULTILINE)
+SET_FLAGS = re.compile(r"\bflags\s+([a-z, ]+?)\s*(?:;|$)", re.MULTILINE)
 NFT_TIMEOUT = 60
 
 
@@ -48,6 +55,10 @@ class Paths:
     @property
     def carry_file(self) -> Path:
         return self.state / "carry" / "accounting.nft"
+
+    @property
+    def carry_sets_file(self) -> Path:
+        return self.state / "carry-sets" / "sets.nft"
 
     @property
     def counters_json(self) -> Path:
@@ -102,20 +113,66 @@ def carry_text(
     return "\n".join(lines) + "\n"
 
 
-def carry(paths: Paths, keep_from: Path) -> int:
-    """Save the live counters that ``keep_from`` declares; returns how many were saved."""
+def declared_timeout_sets(ruleset: Path) -> dict[str, str]:
+    """The sets a ruleset declares with ``flags timeout`` (not ``dynamic``), with their types."""
+    found: dict[str, str] = {}
+    for name, body in SET_DECLARATION.findall(ruleset.read_text(encoding="utf-8")):
+        kind, flags = SET_TYPE.search(body), SET_FLAGS.search(body)
+        flag_set = {f.strip() for f in flags.group(1).split(",")} if flags else set()
+        if kind and "timeout" in flag_set and "dynamic" not in flag_set:
+            found[name] = kind.group(1)
+    return found
+
+
+def set_elements_text(document: str, family: str, table: str, keep: dict[str, str]) -> tuple[str, int]:
+    """nft statements that add back the live elements of the kept sets, each with the time it had left."""
     try:
-        counters = accounting.read_counters(paths.family, paths.table)
+        items = json.loads(document).get("nftables", [])
+    except (ValueError, AttributeError) as exc:
+        raise RulesetError(f"nft printed invalid JSON for the sets: {exc}") from None
+    lines = [f"# Written by nattrail ruleset at {utc_timestamp()}: set elements carried over a reload."]
+    count = 0
+    for item in items:
+        live = item.get("set") if isinstance(item, dict) else None
+        if not isinstance(live, dict) or keep.get(live.get("name")) != live.get("type"):
+            continue
+        elements = []
+        for element in live.get("elem", []):
+            # Only plain values with a time left: an element whose set has no timeout cannot be here.
+            entry = element.get("elem") if isinstance(element, dict) else None
+            if isinstance(entry, dict) and isinstance(entry.get("val"), str):
+                left = entry.get("expires")
+                if isinstance(left, int) and left > 0:
+                    elements.append(f"{entry['val']} timeout {left}s")
+        if elements:
+            lines.append(f"add element {family} {table} {live['name']} {{ {', '.join(elements)} }}")
+            count += len(elements)
+    return "\n".join(lines) + "\n", count
+
+
+def carry(paths: Paths, keep_from: Path) -> dict[str, int]:
+    """Save the live counters and timeout-set elements that ``keep_from`` declares; say how many."""
+    try:
+        counters = accounting.read_counters(paths.family, paths.table, names=None)
     except accounting.TableMissing:
-        return 0
+        return {"counters": 0, "elements": 0}
     except accounting.AccountingError as exc:
         raise RulesetError(str(exc)) from None
-    paths.carry_file.parent.mkdir(parents=True, exist_ok=True)
     keep = declared_counters(keep_from)
+    sets = run(["nft", "-j", "list", "sets", "table", paths.family, paths.table])
+    if sets.returncode != 0:
+        raise RulesetError(f"nft list sets failed: {sets.stderr.strip()}")
+    elements, element_count = set_elements_text(
+        sets.stdout, paths.family, paths.table, declared_timeout_sets(keep_from)
+    )
+    for path in (paths.carry_file, paths.carry_sets_file):
+        path.parent.mkdir(parents=True, exist_ok=True)
     accounting.write_atomic(paths.carry_file, carry_text(counters, paths.family, paths.table, keep))
-    document = accounting.saved_json(counters, f"{paths.family} {paths.table}", utc_timestamp())
+    accounting.write_atomic(paths.carry_sets_file, elements)
+    accounted = {n: c for n, c in counters.items() if accounting.COUNTER_NAME.match(n)}
+    document = accounting.saved_json(accounted, f"{paths.family} {paths.table}", utc_timestamp())
     accounting.write_atomic(paths.counters_json, json.dumps(document, indent=2) + "\n")
-    return len(set(counters) & set(keep))
+    return {"counters": len(set(counters) & set(keep)), "elements": element_count}
 
 
 def schedule_rollback(paths: Paths, seconds: int) -> None:
@@ -155,7 +212,12 @@ def apply(paths: Paths, confirm_timeout: int) -> dict[str, object]:
     if confirm_timeout > 0 and not paths.target.exists():
         raise RulesetError(f"{paths.target} does not exist: there would be nothing to roll back to")
     nft_load(paths.candidate)
-    record: dict[str, object] = {"event": "applied", "at": utc_timestamp(), "counters_carried": carried}
+    record: dict[str, object] = {
+        "event": "applied",
+        "at": utc_timestamp(),
+        "counters_carried": carried["counters"],
+        "elements_carried": carried["elements"],
+    }
     if confirm_timeout > 0:
         # Taken after the load: a connection opened since then passed the new ruleset's checks.
         baseline = {"applied": record["at"], "connections": carrier.open_connections()}
@@ -241,7 +303,7 @@ def main(args: argparse.Namespace) -> int:
         elif args.action == "rollback":
             record = rollback(paths)
         else:
-            record = {"event": "carried", "at": utc_timestamp(), "counters": carry(paths, paths.target)}
+            record = {"event": "carried", "at": utc_timestamp(), **carry(paths, paths.target)}
     except (RulesetError, OSError) as exc:
         print(json.dumps({"event": "error", "action": args.action, "error": str(exc)}), file=sys.stderr)
         return 1

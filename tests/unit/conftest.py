@@ -65,6 +65,7 @@ def _ipv4_record(cidr: str) -> dict[str, str]:
 
 # The role's carry-over include; a glob that matches nothing is allowed by nft.
 CARRY_INCLUDE = str(Path(tempfile.gettempdir()) / "nattrail-unit-no-carry" / "*.nft")
+CARRY_SETS_INCLUDE = str(Path(tempfile.gettempdir()) / "nattrail-unit-no-carry-sets" / "*.nft")
 
 
 def render_jinja(rules: dict[str, object]) -> str:
@@ -77,7 +78,9 @@ def render_jinja(rules: dict[str, object]) -> str:
         autoescape=False,  # noqa: S701 - the output is an nftables file, not HTML
     )
     return env.from_string(TEMPLATE.read_text()).render(
-        nat_router_rules=rules, nat_router_carry_include=CARRY_INCLUDE
+        nat_router_rules=rules,
+        nat_router_carry_include=CARRY_INCLUDE,
+        nat_router_carry_sets_include=CARRY_SETS_INCLUDE,
     )
 
 
@@ -87,7 +90,12 @@ def render_ansible(rules: dict[str, object]) -> str:
     from ansible.template import Templar, trust_as_template  # noqa: PLC0415
 
     templar = Templar(
-        loader=DataLoader(), variables={"nat_router_rules": rules, "nat_router_carry_include": CARRY_INCLUDE}
+        loader=DataLoader(),
+        variables={
+            "nat_router_rules": rules,
+            "nat_router_carry_include": CARRY_INCLUDE,
+            "nat_router_carry_sets_include": CARRY_SETS_INCLUDE,
+        },
     )
     text = trust_as_template(TEMPLATE.read_text())
     return templar.template(

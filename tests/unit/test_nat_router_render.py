@@ -72,12 +72,30 @@ def test_empty_config_renders_a_masquerading_firewall(assert_nft_ok: Callable[[s
     assert 'oifname { "eth0" } ip saddr @internal_nets masquerade' in lines
     assert 'iifname { "eth1" } accept' in lines
     assert 'iifname { "eth1" } oifname { "eth0" } ip saddr @internal_nets accept' in lines
-    assert 'log group 1 prefix "nattrail-in-drop: " drop' in lines
-    assert 'log group 1 prefix "nattrail-fwd-drop: " drop' in lines
-    assert 'iifname { "eth0" } ip saddr @spoof_sources log group 1 prefix "nattrail-spoof: " drop' in lines
-    assert "tcp dport 113 reject with tcp reset" in lines
-    assert "icmp type echo-request limit rate 5/second accept" in lines
-    assert 'iifname { "eth0" } udp dport { 67, 137-138, 161, 513, 520, 1985 } drop' in lines
+    assert 'counter name drop_in log group 1 prefix "nattrail-in-drop: " drop' in lines
+    assert 'counter name drop_fwd log group 1 prefix "nattrail-fwd-drop: " drop' in lines
+    assert (
+        'iifname { "eth0" } ip saddr @spoof_sources counter name drop_spoof '
+        'log group 1 prefix "nattrail-spoof: " drop' in lines
+    )
+    assert "ip saddr @blocklist counter name drop_blocklist drop" in lines
+    assert "tcp dport 113 counter name drop_ident_reset reject with tcp reset" in lines
+    assert (
+        'iifname { "eth0" } udp dport { 67, 137-138, 161, 513, 520, 1985 } counter name drop_noisy_udp drop'
+        in lines
+    )
+    # The echo limits come before the conntrack accept, per source and overall.
+    per_source = (
+        "icmp type echo-request update @icmp_echo_sources { ip saddr limit rate over 5/second } "
+        "counter name drop_icmp_limit drop"
+    )
+    overall = "icmp type echo-request limit rate over 50/second counter name drop_icmp_limit drop"
+    established = lines.index("ct state established,related accept")
+    assert lines.index(per_source) < established and lines.index(overall) < established
+    # Every drop counter a rule names is declared, and every declared one is used.
+    used = set(re.findall(r"counter name (\w+)", text))
+    declared = set(re.findall(r"^  counter (drop_\w+) \{", text, re.MULTILINE))
+    assert used == declared and len(declared) == 10
     assert "type filter hook input priority filter; policy drop;" in lines
     assert "type filter hook forward priority filter; policy drop;" in lines
     assert "type filter hook output priority filter; policy accept;" in lines
@@ -104,8 +122,11 @@ def test_full_config_renders_every_feature(assert_nft_ok: Callable[[str], None])
     assert 'iifname { "eth1" } tcp dport { 22, 53 } accept' in lines
     assert 'iifname { "eth1" } udp dport { 53, 123 } accept' in lines
     assert 'iifname { "eth0" } udp dport { 53, 60000-60010 } accept' in lines
-    assert "icmp type echo-request limit rate 60/minute burst 10 packets accept" in lines
-    assert 'log group 7 prefix "in: " drop' in lines
+    assert (
+        "icmp type echo-request update @icmp_echo_sources "
+        "{ ip saddr limit rate over 60/minute burst 10 packets } counter name drop_icmp_limit drop"
+    ) in lines
+    assert 'counter name drop_in log group 7 prefix "in: " drop' in lines
     assert "timeout 10m" in lines
     assert any(line.endswith("tcp dport { 80, 443, 8000-8100 } redirect to :12345") for line in lines)
     assert 'iifname { "eth1" } ct status dnat tcp dport 12345 accept' in lines

@@ -101,3 +101,60 @@ def test_apply_carries_counters_over_a_real_reload(tmp_path: Path) -> None:
     assert "acct_1_in" in out["target"]
     # Everything counted before the reload is also on disk, old counter included.
     assert out["saved"]["counters"]["acct_old_in"]["packets"] == 7
+
+
+def test_only_timeout_sets_that_are_not_meters_are_carried(tmp_path: Path) -> None:
+    path = tmp_path / "r.nft"
+    path.write_text(
+        "table inet nattrail {\n"
+        "  set blocklist {\n    type ipv4_addr\n    flags timeout\n    timeout 1h\n  }\n"
+        "  set icmp_echo_sources {\n    type ipv4_addr\n    flags dynamic, timeout\n    timeout 1m\n  }\n"
+        "  set internal_nets {\n    type ipv4_addr\n    flags interval\n  }\n"
+        "  set pairs { type ipv4_addr . inet_service; flags timeout; }\n"
+        "}\n"
+    )
+    assert ruleset.declared_timeout_sets(path) == {
+        "blocklist": "ipv4_addr",
+        "pairs": "ipv4_addr . inet_service",
+    }
+
+
+def test_set_elements_are_added_back_with_the_time_they_had_left() -> None:
+    live = {
+        "nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {
+                "set": {
+                    "name": "blocklist",
+                    "type": "ipv4_addr",
+                    "elem": [
+                        {"elem": {"val": "203.0.113.66", "timeout": 600, "expires": 599}},
+                        {"elem": {"val": "203.0.113.67", "expires": 3599}},
+                        {"elem": {"val": "203.0.113.68", "expires": 0}},
+                    ],
+                }
+            },
+            # Declared with another type in the new ruleset: its elements would not load.
+            {
+                "set": {
+                    "name": "pairs",
+                    "type": "ipv4_addr",
+                    "elem": [{"elem": {"val": "1.2.3.4", "expires": 9}}],
+                }
+            },
+            {
+                "set": {
+                    "name": "gone",
+                    "type": "ipv4_addr",
+                    "elem": [{"elem": {"val": "1.2.3.5", "expires": 9}}],
+                }
+            },
+        ]
+    }
+    keep = {"blocklist": "ipv4_addr", "pairs": "ipv4_addr . inet_service"}
+    text, count = ruleset.set_elements_text(json.dumps(live), "inet", "nattrail", keep)
+    statements = [line for line in text.splitlines() if not line.startswith("#")]
+    assert statements == [
+        "add element inet nattrail blocklist { 203.0.113.66 timeout 599s, 203.0.113.67 timeout 3599s }"
+    ]
+    assert count == 2

@@ -23,6 +23,11 @@ def accounting(lab) -> dict[str, dict]:
     return {row["network"]: row for row in report["networks"]}
 
 
+def drops(lab) -> dict[str, int]:
+    report = json.loads(lab["router"].check("nattrail drops --json"))
+    return {row["name"]: row["packets"] for row in report["drops"]}
+
+
 def test_dnat_entry_reaches_the_client_from_its_source_network(lab, listen):
     peer = listen("client", 8023)
     assert try_connect(lab, "scanner", ROUTER_OUT, 2323).rc == 0
@@ -40,6 +45,7 @@ def test_dnat_entry_is_closed_to_sources_outside_its_network(lab, listen):
 
 def test_scanner_reaches_the_allowed_service_and_a_denied_probe_is_logged(lab, listen):
     listen("router", 8080)
+    dropped = drops(lab)["drop_in"]
     assert try_connect(lab, "scanner", ROUTER_OUT, 22).rc == 0, "ssh is an inbound service"
     attempt = try_connect(lab, "scanner", ROUTER_OUT, 8080, timeout=2)
     assert attempt.rc != 0, "the router's port 8080 must not be reachable from outside"
@@ -49,6 +55,7 @@ def test_scanner_reaches_the_allowed_service_and_a_denied_probe_is_logged(lab, l
     assert probes, "no logged record of the denied probe"
     assert probes[0]["oob.prefix"] == "nattrail-in-drop: "
     assert probes[0]["tcp.syn"] == 1 and probes[0]["tcp.ack"] == 0, "the logged packet is the probe's SYN"
+    assert drops(lab)["drop_in"] > dropped, "the probe was not counted as dropped"
 
 
 def test_spoofed_inside_source_from_outside_is_logged_and_dropped(lab):
@@ -56,11 +63,13 @@ def test_spoofed_inside_source_from_outside_is_logged_and_dropped(lab):
         "from scapy.all import IP, TCP, send; "
         "send(IP(src='10.77.0.10', dst='203.0.113.2')/TCP(sport=40404, dport=22, flags='S'), verbose=0)"
     )
+    dropped = drops(lab)["drop_spoof"]
     lab["scanner"].check(f'python3 -c "{spoof}"')
     spoofed = logged_packets(
         lab["router"], lambda r: r.get("src_ip") == "10.77.0.10" and r.get("src_port") == 40404
     )
     assert spoofed and spoofed[0]["oob.prefix"] == "nattrail-spoof: ", spoofed
+    assert drops(lab)["drop_spoof"] > dropped
     # Dropped before connection tracking: sshd never answered it.
     assert "40404" not in lab["router"].run("conntrack -L -p tcp --dport 22").stdout
 
@@ -86,6 +95,62 @@ def test_accounting_counts_traffic_and_keeps_it_across_a_ruleset_change(lab, lis
     assert after["in"]["packets"] >= grown["in"]["packets"]
     restored = converge("--limit", "router")
     assert restored.returncode == 0, restored.stdout[-3000:]
+
+
+def send_through_router(lab, listen, size: int) -> None:
+    """``size`` bytes from the client to the server through the router, acknowledged by the server."""
+    peer = listen("server", 8091)
+    lab["client"].check(
+        "python3 -c \"import socket; s=socket.create_connection(('203.0.113.10', 8091), timeout=5); "
+        f"s.sendall(b'y' * {size}); s.shutdown(socket.SHUT_WR); s.recv(1); s.close()\""
+    )
+    peer()
+
+
+def blocklisted(lab) -> dict[str, int]:
+    listed = json.loads(lab["router"].check("nft -j list set inet nattrail blocklist"))
+    elements = next(item["set"].get("elem", []) for item in listed["nftables"] if "set" in item)
+    return {e["elem"]["val"]: e["elem"]["expires"] for e in elements if isinstance(e.get("elem"), dict)}
+
+
+def test_every_load_of_the_saved_ruleset_keeps_the_counters_and_the_blocklist(lab, listen):
+    # Debian's tooling, an administrator or a package hook may reload or restart nftables.service
+    # at any time: each load starts from the live counters and blocklist, never from stale ones.
+    router = lab["router"]
+    assert router.run("systemctl is-active --quiet nftables").rc == 0, (
+        "the role leaves nftables.service started"
+    )
+    router.check("nft add element inet nattrail blocklist { 203.0.113.66 timeout 10m }")
+    try:
+        seen = accounting(lab)["10.77.0.0/24"]["out"]
+        for action in ("reload", "restart", "reload"):
+            send_through_router(lab, listen, 50_000)
+            counted = accounting(lab)["10.77.0.0/24"]["out"]
+            assert counted["bytes"] - seen["bytes"] >= 50_000, (
+                f"the traffic before the {action} was not counted"
+            )
+            router.check(f"systemctl {action} nftables")
+            kept = accounting(lab)["10.77.0.0/24"]["out"]
+            assert kept["packets"] >= counted["packets"] and kept["bytes"] >= counted["bytes"], (
+                f"systemctl {action} nftables lost counted traffic: {counted} -> {kept}"
+            )
+            seen = kept
+            left = blocklisted(lab).get("203.0.113.66")
+            assert left is not None and left <= 600, f"the blocklist entry was lost by the {action}"
+    finally:
+        router.run("nft delete element inet nattrail blocklist { 203.0.113.66 }")
+
+
+def test_a_flood_ping_from_one_source_gets_the_rate_limit_and_no_more(lab):
+    before = drops(lab)["drop_icmp_limit"]
+    flood = lab["scanner"].check("ping -f -c 2000 -w 30 -q 203.0.113.2")
+    sent, received = (int(n) for n in re.search(r"(\d+) packets transmitted, (\d+) received", flood).groups())
+    seconds = int(re.search(r"time (\d+)ms", flood).group(1)) / 1000
+    # 5/second per source with the default burst of 5 (the lab's rate), plus one for a clock tick.
+    assert sent == 2000 and received <= 5 * seconds + 6, flood
+    assert drops(lab)["drop_icmp_limit"] - before >= sent - received
+    # An ordinary ping still gets every answer.
+    assert " 3 received" in lab["scanner"].check("ping -c 3 -i 0.5 -W 2 203.0.113.2")
 
 
 def danted_journal(lab) -> str:
