@@ -151,6 +151,21 @@ def connect(lab: dict[str, LabHost]) -> Iterator[Callable[[str, str, int, float]
         host.run(f"systemctl stop {unit}")
 
 
+ROUTER_OUT = "203.0.113.2"
+
+
+def try_connect(lab: dict[str, LabHost], source: str, address: str, port: int, timeout: float = 3.0):
+    """A TCP connection from a lab host; the result's rc and stderr say how it failed."""
+    code = f"import socket; socket.create_connection(({address!r}, {port}), timeout={timeout}).close()"
+    return lab[source].run(f'python3 -c "{code}"')
+
+
+def drops(lab: dict[str, LabHost]) -> dict[str, int]:
+    """The router's drop counters (`nattrail drops`), packets per counter name."""
+    report = json.loads(lab["router"].check("nattrail drops --json"))
+    return {row["name"]: row["packets"] for row in report["drops"]}
+
+
 # ulogd owns the NFLOG group of nat_router's log rules (a group has one listener), so checks of
 # what those rules log read ulogd's packet JSON on the router.
 ULOG_PACKETS = "/var/log/ulog/packets.json"
@@ -166,3 +181,13 @@ def logged_packets(router: LabHost, match: Callable[[dict], bool], timeout: floa
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.3)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """NATTRAIL_VERIFY_ORDER=reverse runs the checks last to first: each check must put back what it
+    changes, so the verify step passes in either order (docs/testing.md)."""
+    order = os.environ.get("NATTRAIL_VERIFY_ORDER", "")
+    if order == "reverse":
+        items.reverse()
+    elif order:
+        raise pytest.UsageError(f"NATTRAIL_VERIFY_ORDER={order!r}: expected 'reverse' or nothing")

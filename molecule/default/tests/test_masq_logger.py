@@ -55,6 +55,24 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 s.close()
 """
 
+# On the client: `count` connections at `rate` per second, each reset at once; writes their local
+# ports, one per line, to `out` when all are done.
+STREAM = """
+import socket, struct, sys, time
+address, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[5]
+count, rate = int(sys.argv[3]), float(sys.argv[4])
+ports, start = [], time.monotonic()
+for i in range(count):
+    time.sleep(max(0.0, start + i / rate - time.monotonic()))
+    s = socket.create_connection((address, port), timeout=5)
+    ports.append(s.getsockname()[1])
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+with open(out + ".tmp", "w") as f:
+    f.write("".join("%d\\n" % p for p in ports))
+import os; os.rename(out + ".tmp", out)
+"""
+
 # Replaces oidentd on the client: each query gets the next of a set of hostile answers.
 HOSTILE_IDENTD = r"""
 import socket, threading, time
@@ -145,7 +163,8 @@ def test_a_connection_closed_at_once_logs_an_ident_error(lab, acceptor):
     port = connect_as(lab, "alice", hold=0)
     ident = wait_records(router, port, {"open", "ident"})["ident"]
     assert ident["user"] is None
-    assert ident["ident_error"]  # the client's identd no longer knows the connection
+    # The client's identd no longer knows the connection and says so (RFC 1413's NO-USER).
+    assert ident["ident_error"] == "ERROR:NO-USER"
     assert router.check("systemctl show -p MainPID --value nattrail-masqlog").strip() == pid
 
 
@@ -156,6 +175,11 @@ def test_udp_is_logged_without_ident(lab):
     )
     records = wait_records(lab["router"], int(out), {"open"})
     assert records["open"]["proto"] == "udp"
+    # A TCP connection opened after the datagram got its ident answer: a query for the datagram,
+    # had one been made, would have been answered and logged by then.
+    later = connect_as(lab, "bob", hold=0.5)
+    assert wait_records(lab["router"], later, {"ident"})["ident"]["user"] == "bob"
+    records = wait_records(lab["router"], int(out), {"open"})
     assert "ident" not in records
 
 
@@ -203,16 +227,41 @@ def test_a_hostile_identd_does_not_corrupt_the_log(lab, acceptor):
 
 
 def test_logrotate_makes_the_daemon_reopen_and_nothing_is_lost(lab, acceptor):
-    router = lab["router"]
+    router, client = lab["router"], lab["client"]
     pid = router.check("systemctl show -p MainPID --value nattrail-masqlog").strip()
-    before = len(log_records(router))
+    # 60 connections at 20 a second, the rotation in the middle of them.
+    out = "/run/nt-test-stream-ports"
+    client.run(f"rm -f {out}")
+    already = len(log_records(router))
+    client.background(STREAM, "203.0.113.10", str(SERVER_PORT), "60", "20", out)
+    # Rotate once a third of the stream is logged, so it falls inside it.
+    deadline = time.monotonic() + 30
+    while sum(r["event"] == "open" for r in log_records(router)[already:]) < 20:
+        assert time.monotonic() < deadline, "the stream's connections are not being logged"
+        time.sleep(0.05)
     router.check("logrotate -f /etc/logrotate.d/nattrail-masqlog")
-    port = connect_as(lab, "bob", hold=0.5)
-    records = wait_records(router, port, {"open", "ident"})
-    assert records["ident"]["user"] == "bob"
+    ports = {int(p) for p in client.wait_output(f"cat {out}", timeout=30).split()}
+    assert len(ports) == 60
+    # Every connection opened and closed exactly once, across the rotated file and the new one.
+    deadline = time.monotonic() + 60
+    while True:
+        both = router.check(f"cat {LOG}.1 {LOG}")
+        records = [json.loads(line) for line in both.splitlines()]
+        mine = [(r["event"], r["client_port"]) for r in records if r.get("client_port") in ports]
+        opened = sorted(p for e, p in mine if e == "open")
+        closed = sorted(p for e, p in mine if e == "close")
+        if len(closed) >= 60 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert opened == sorted(ports), "an open record was lost or written twice across the rotation"
+    assert closed == sorted(ports), "a close record was lost or written twice across the rotation"
     rotated = [json.loads(line) for line in router.check(f"cat {LOG}.1").splitlines()]
-    assert len(rotated) >= before  # everything written before the rotation is in the rotated file
-    assert any(r["event"] == "reopened" for r in log_records(router))
+    fresh = log_records(router)
+    assert any(r.get("client_port") in ports for r in rotated), "the rotation fell before the stream"
+    assert any(r.get("client_port") in ports for r in fresh), (
+        "nothing of the stream in the new file: the daemon did not reopen it, or the rotation fell after"
+    )
+    assert any(r["event"] == "reopened" for r in fresh)
     assert router.check("systemctl show -p MainPID --value nattrail-masqlog").strip() == pid
 
 
