@@ -166,6 +166,19 @@ def drops(lab: dict[str, LabHost]) -> dict[str, int]:
     return {row["name"]: row["packets"] for row in report["drops"]}
 
 
+def spoofed_syn(lab: dict[str, LabHost], source: str, sport: int) -> tuple[list[dict], int]:
+    """A SYN to the router's ssh port from the scanner with a forged ``source`` address: the router's
+    log records of it, and how much its drop_spoof counter grew."""
+    before = drops(lab)["drop_spoof"]
+    forge = (
+        "from scapy.all import IP, TCP, send; "
+        f"send(IP(src='{source}', dst='{ROUTER_OUT}')/TCP(sport={sport}, dport=22, flags='S'), verbose=0)"
+    )
+    lab["scanner"].check(f'python3 -c "{forge}"')
+    logged = logged_packets(lab["router"], lambda r: r.get("src_ip") == source and r.get("src_port") == sport)
+    return logged, drops(lab)["drop_spoof"] - before
+
+
 # ulogd owns the NFLOG group of nat_router's log rules (a group has one listener), so checks of
 # what those rules log read ulogd's packet JSON on the router.
 ULOG_PACKETS = "/var/log/ulog/packets.json"
