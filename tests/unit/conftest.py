@@ -68,8 +68,11 @@ CARRY_INCLUDE = str(Path(tempfile.gettempdir()) / "nattrail-unit-no-carry" / "*.
 CARRY_SETS_INCLUDE = str(Path(tempfile.gettempdir()) / "nattrail-unit-no-carry-sets" / "*.nft")
 
 
-def render_jinja(rules: dict[str, object]) -> str:
-    """Render like the template module does: trim_blocks on, lstrip_blocks off, undefined is an error."""
+def render_jinja(
+    rules: dict[str, object], carry_include: str = CARRY_INCLUDE, carry_sets_include: str = CARRY_SETS_INCLUDE
+) -> str:
+    """Render like the template module does: trim_blocks on, lstrip_blocks off, undefined is an error.
+    The carry includes default to globs that match nothing."""
     env = jinja2.Environment(
         trim_blocks=True,
         lstrip_blocks=False,
@@ -79,8 +82,8 @@ def render_jinja(rules: dict[str, object]) -> str:
     )
     return env.from_string(TEMPLATE.read_text()).render(
         nat_router_rules=rules,
-        nat_router_carry_include=CARRY_INCLUDE,
-        nat_router_carry_sets_include=CARRY_SETS_INCLUDE,
+        nat_router_carry_include=carry_include,
+        nat_router_carry_sets_include=carry_sets_include,
     )
 
 

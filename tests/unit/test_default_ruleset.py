@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import REPO, make_facts, netns_driver_report, refuse_outside_private_netns
+from conftest import REPO, make_facts, netns_driver_report, refuse_outside_private_netns, render_jinja
 
 ROLE = REPO / "roles" / "nat_router"
 
@@ -60,25 +60,13 @@ def default_config() -> dict[str, object]:
 
 
 def render(state: Path) -> str:
-    import jinja2  # noqa: PLC0415
-
+    """The default ruleset, its carry includes in ``state`` as `nattrail ruleset` writes them there."""
     sys.path.insert(0, str(REPO / "filter_plugins"))
     from nat_router import nat_router_rules  # noqa: PLC0415
 
-    facts = make_facts({"lo": "127.0.0.1/8", "eth0": "203.0.113.2/24", "eth1": "10.77.0.2/24"})
-    rules = nat_router_rules(default_config(), facts, "router")
-    env = jinja2.Environment(
-        trim_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 - the output is an nftables file, not HTML
-    )
-    return env.from_string((ROLE / "templates" / "ruleset.nft.j2").read_text()).render(
-        nat_router_rules=rules,
-        nat_router_carry_include=f"{state}/carry/*.nft",
-        nat_router_carry_sets_include=f"{state}/carry-sets/*.nft",
-        ansible_managed="test",
-    )
+    # eth0 outside (203.0.113.2/24, the default route), eth1 inside (10.77.0.2/24), as the driver builds.
+    rules = nat_router_rules(default_config(), make_facts(), "router")
+    return render_jinja(rules, f"{state}/carry/*.nft", f"{state}/carry-sets/*.nft")
 
 
 def sh(*argv: str) -> str:
