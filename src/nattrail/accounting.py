@@ -187,6 +187,22 @@ def _bytes_cell(traffic: Traffic | None) -> str:
     return f"{traffic.bytes} ({human_bytes(traffic.bytes)})"
 
 
+def text_table(header: Sequence[str], body: Sequence[Sequence[str]], left: int = 1) -> str:
+    """Columns separated by " | ", a rule under the header; the first ``left`` columns (names) are
+    aligned left, the rest (counts) right."""
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+
+    def render(cells: Sequence[str]) -> str:
+        return " | ".join(
+            cell.ljust(width) if i < left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    lines = [render(header), "-+-".join("-" * width for width in widths)]
+    lines.extend(render(cells) for cells in body)
+    return "\n".join(lines) + "\n"
+
+
 def format_table(rows: Sequence[NetworkRow]) -> str:
     header = ("network", "in packets", "in bytes", "out packets", "out bytes")
     body = [
@@ -199,17 +215,7 @@ def format_table(rows: Sequence[NetworkRow]) -> str:
         )
         for row in rows
     ]
-    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
-
-    def render(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        return " | ".join(
-            [first, *(cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))]
-        )
-
-    lines = [render(header), "-+-".join("-" * width for width in widths)]
-    lines.extend(render(cells) for cells in body)
-    return "\n".join(lines) + "\n"
+    return text_table(header, body)
 
 
 def _traffic_json(traffic: Traffic | None) -> dict[str, int] | None:
@@ -328,7 +334,7 @@ def _identifier(text: str) -> str:
     return text
 
 
-def _add_table_options(parser: argparse.ArgumentParser, default: Any) -> None:  # noqa: ANN401
+def add_table_options(parser: argparse.ArgumentParser, default: Any) -> None:  # noqa: ANN401
     parser.add_argument("--family", choices=FAMILIES, default=default or "inet", help="table family (inet)")
     parser.add_argument(
         "--table", type=_identifier, default=default or "nattrail", help="table name (nattrail)"
@@ -344,13 +350,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--from", dest="from_file", metavar="FILE", help="read a saved file instead of nft")
-    _add_table_options(parser, None)
+    add_table_options(parser, None)
     parser.set_defaults(func=show, nft="nft")
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     save_parser = actions.add_parser("save", help="save the counters atomically to a JSON file")
     save_parser.add_argument("--output", required=True, metavar="FILE", help="file to (over)write")
     # SUPPRESS keeps the subparser from overwriting --family/--table given before "save".
-    _add_table_options(save_parser, argparse.SUPPRESS)
+    add_table_options(save_parser, argparse.SUPPRESS)
     save_parser.set_defaults(func=save)
 
 

@@ -30,19 +30,8 @@ def rows(counters: Iterable[accounting.Counter]) -> list[dict[str, Any]]:
 
 
 def format_table(drops: Sequence[dict[str, Any]]) -> str:
-    header = ("reason", "counter", "packets", "bytes")
     body = [(d["reason"], d["name"], str(d["packets"]), str(d["bytes"])) for d in drops]
-    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
-    lines = []
-    for cells in (header, *body):
-        lines.append(
-            " | ".join(
-                [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
-                + [cell.rjust(width) for cell, width in zip(cells[2:], widths[2:], strict=True)]
-            )
-        )
-    lines.insert(1, "-+-".join("-" * width for width in widths))
-    return "\n".join(lines) + "\n"
+    return accounting.text_table(("reason", "counter", "packets", "bytes"), body, left=2)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,8 +41,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Show the router's drop and reject counters, one per reason, most packets first.",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--family", choices=accounting.FAMILIES, default="inet", help="table family (inet)")
-    parser.add_argument("--table", default="nattrail", help="table name (nattrail)")
+    accounting.add_table_options(parser, None)
     parser.set_defaults(func=main)
 
 
