@@ -31,8 +31,8 @@ from pathlib import Path
 import jinja2
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "filter_plugins"))
-from nat_router import nat_router_rules  # noqa: E402 - found through the path set just above
+sys.path.insert(0, str(ROOT / "src"))
+from nattrail.intent.nat_router import nat_router_rules  # noqa: E402 - found through the path set just above
 
 TEMPLATE = ROOT / "roles/nat_router/templates/ruleset.nft.j2"
 ROUTER, CLIENT, SERVER, SCANNER = (f"nattrail-{h}" for h in ("router", "client", "server", "scanner"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jinja2
@@ -191,3 +193,13 @@ def refuse_outside_private_netns() -> None:
     own = os.readlink("/proc/self/ns/net")
     if own == os.environ.get("PARENT_NETNS", own):
         raise SystemExit("refusing to load nft rules: not inside a private network namespace")
+
+
+def load_filter_plugin(name: str) -> ModuleType:
+    """``filter_plugins/<name>.py`` imported the way Ansible does: from its file, under a name of its own."""
+    path = REPO / "filter_plugins" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"ansible_filter_plugin_{name}", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

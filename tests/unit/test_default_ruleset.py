@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 from conftest import REPO, make_facts, netns_driver_report, refuse_outside_private_netns, render_jinja
 
+from nattrail.intent.nat_router import nat_router_rules
+
 ROLE = REPO / "roles" / "nat_router"
 
 # Echo requests from one socket, so one ICMP id for all: what `ping -f` sends. Prints the replies.
@@ -61,9 +63,6 @@ def default_config() -> dict[str, object]:
 
 def render(state: Path) -> str:
     """The default ruleset, its carry includes in ``state`` as `nattrail ruleset` writes them there."""
-    sys.path.insert(0, str(REPO / "filter_plugins"))
-    from nat_router import nat_router_rules  # noqa: PLC0415
-
     # eth0 outside (203.0.113.2/24, the default route), eth1 inside (10.77.0.2/24), as the driver builds.
     rules = nat_router_rules(default_config(), make_facts(), "router")
     return render_jinja(rules, f"{state}/carry/*.nft", f"{state}/carry-sets/*.nft")

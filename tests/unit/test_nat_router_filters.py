@@ -5,14 +5,15 @@ from __future__ import annotations
 import re
 import time
 
-import nat_router
 import netaddr
 import pytest
 from ansible.errors import AnsibleFilterError
-from conftest import make_facts
+from conftest import load_filter_plugin, make_facts
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nat_router import FilterModule, nat_router_interfaces, nat_router_rules
+
+from nattrail.intent import nat_router
+from nattrail.intent.nat_router import nat_router_interfaces, nat_router_rules
 
 
 def rules(config: dict | None = None, facts: dict | None = None, host: str = "router") -> dict:
@@ -38,7 +39,7 @@ def assert_error(
 
 
 def test_filter_module_exports_both_filters() -> None:
-    filters = FilterModule().filters()
+    filters = load_filter_plugin("nat_router").FilterModule().filters()
     assert filters["nat_router_rules"] is nat_router_rules
     assert filters["nat_router_interfaces"] is nat_router_interfaces
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-import nat_router
 import netaddr
 import pytest
 from conftest import CARRY_INCLUDE, TEMPLATE, check_nft_ok, make_facts, render_ansible, render_jinja
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nat_router import nat_router_rules
+
+from nattrail.intent import nat_router
+from nattrail.intent.nat_router import nat_router_rules
 
 FULL_CONFIG: dict[str, object] = {
     "inbound_services": ["ssh", "domain", "60000-60010/udp", {"port": 443, "proto": "tcp"}],

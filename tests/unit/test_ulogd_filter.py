@@ -6,12 +6,13 @@ import base64
 import re
 
 import pytest
-import ulogd
 from ansible.errors import AnsibleFilterError
+from conftest import load_filter_plugin
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ulogd import (
-    FilterModule,
+
+from nattrail.intent import ulogd
+from nattrail.intent.ulogd import (
     log_collector_settings,
     pgsql_scram_matches,
     pgsql_scram_verifier,
@@ -85,7 +86,7 @@ def section(result: dict, ident: str) -> dict[str, str]:
 
 
 def test_filter_module_exports_every_filter() -> None:
-    filters = FilterModule().filters()
+    filters = load_filter_plugin("ulogd").FilterModule().filters()
     assert filters == {
         "ulogd_config": ulogd_config,
         "log_collector_settings": log_collector_settings,

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import jinja2
 import pytest
-import ulogd
 import yaml
 from ansible.errors import AnsibleFilterError
-from ulogd import ulogd_config
+
+from nattrail.intent import ulogd
+from nattrail.intent.ulogd import ulogd_config
 
 REPO = Path(__file__).resolve().parents[2]
 ULOGD = REPO / "roles" / "ulogd"
