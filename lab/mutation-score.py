@@ -70,7 +70,9 @@ def main() -> int:
         score = 100.0 * total["killed"] / checked if checked else 0.0
         verdict = "meets" if score >= goal and not total["unchecked"] else "MISSES"
         failed |= verdict == "MISSES"
-        print(f"{group}: {total['killed']}/{checked} killed, {score:.1f} % ({verdict} the goal of {goal:.0f} %)")
+        print(
+            f"{group}: {total['killed']}/{checked} killed, {score:.1f} % ({verdict} the goal of {goal:.0f} %)"
+        )
     return 1 if failed else 0
 
 
