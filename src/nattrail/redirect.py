@@ -116,7 +116,9 @@ def parse_hostport(name: str, value: object, *, numeric_host: bool, allow_port_z
     return host, int(port_text)
 
 
-def _number(name: str, value: object, kind: type[int] | type[float], minimum: float, strict: bool) -> Any:  # noqa: ANN401
+def parse_number(
+    name: str, value: object, kind: type[int] | type[float], minimum: float, strict: bool
+) -> Any:  # noqa: ANN401
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ConfigError(f"{name}: expected a number, got {value!r}")
     try:
@@ -186,7 +188,9 @@ def build_config(cli: dict[str, object], file: dict[str, object] | None = None) 
     def number(key: str, kind: type[int] | type[float], minimum: float, strict: bool) -> Any:  # noqa: ANN401
         value = merged[key]
         return (
-            getattr(defaults, key) if value is None else _number(OPTIONS[key], value, kind, minimum, strict)
+            getattr(defaults, key)
+            if value is None
+            else parse_number(OPTIONS[key], value, kind, minimum, strict)
         )
 
     return Config(
@@ -580,6 +584,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--stats-interval", metavar="S", help="seconds between stats lines, 0: off (300)")
     parser.add_argument("--shutdown-grace", metavar="S", help="on SIGTERM, wait for relays this long (5)")
     parser.add_argument("--log", metavar="FILE", help="JSON-lines log file (default: stdout)")
+    parser.add_argument(
+        "--check", action="store_true", help="check the settings (and read the password file), then exit"
+    )
     parser.set_defaults(func=main)
 
 
@@ -590,6 +597,8 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"nattrail redirect: error: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "check", False):
+        return 0
     try:
         log = JsonLog(config.log, fields={"daemon": "redirect"})
     except OSError as exc:

@@ -779,6 +779,38 @@ def test_cli_reports_config_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--socks is required" in capsys.readouterr().err
 
 
+def test_check_accepts_good_settings_without_starting_and_refuses_bad_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`nattrail redirect --check` is what the role validates the settings file with."""
+    from nattrail import cli  # noqa: PLC0415
+
+    password = tmp_path / "socks-password"
+    password.write_text("s3cret\n")
+    good = tmp_path / "good.json"
+    good.write_text(
+        json.dumps(
+            {
+                "listen": "0.0.0.0:12345",
+                "socks": "proxy:1080",
+                "socks_user": "u",
+                "socks_password_file": str(password),
+                "max_connections": 5,
+            }
+        )
+    )
+    # Port 1 on 127.0.0.1 is never bound here: --check must return before listening anywhere.
+    assert cli.main(["redirect", "--check", "--config", str(good)]) == 0
+    assert capsys.readouterr().err == ""
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"listen": "0.0.0.0:12345", "socks": "proxy:99999"}))
+    assert cli.main(["redirect", "--check", "--config", str(bad)]) == 2
+    assert "--socks: bad port '99999' in 'proxy:99999'" in capsys.readouterr().err
+    password.unlink()
+    assert cli.main(["redirect", "--check", "--config", str(good)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
 # --- the daemon as a process: signals -----------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ DOCS = {
     "masq_logger": "masq_logger.md",
     "nat_router": "nat_router.md",
     "nattrail": "nattrail.md",
+    "socks_redirector": "redirect.md",
     "ulogd": "ulogd.md",
 }
 # Where variables are set: inventories, the playbooks' vars, Molecule's files.

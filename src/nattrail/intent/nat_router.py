@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import netaddr
-from ansible.errors import AnsibleFilterError
+
+from nattrail.intent.errors import Errors, is_list
 
 TABLE = "nattrail"
 PREFIX = "nat_router_"
@@ -151,27 +152,6 @@ _SERVICE_RE = re.compile(r"(?P<port>[a-z][a-z0-9_-]*|\d+|\d+-\d+)(?:/(?P<proto>[
 _RATE_RE = re.compile(r"(?P<n>\d+)/(?:second|minute|hour|day)(?: burst (?P<burst>\d+) packets)?")
 _TIMEOUT_RE = re.compile(r"(?:\d+d)?(?:\d+h)?(?:\d+m)?(?:\d+s)?")
 _COUNTER_NAME_RE = re.compile(r"[^a-z0-9_]+")
-_REPR_MAX = 200
-
-
-class _Errors:
-    """Collects every problem so that one run reports all of them, one per line."""
-
-    def __init__(self, hostname: str) -> None:
-        self.hostname = hostname
-        self.lines: list[str] = []
-
-    def add(self, var: str, entry: object, value: object, message: str) -> None:
-        shown = repr(value)
-        if len(shown) > _REPR_MAX:
-            shown = shown[: _REPR_MAX - 3] + "..."
-        self.lines.append(
-            f"nat_router: host {self.hostname}: variable {PREFIX}{var}, entry {entry} ({shown}): {message}"
-        )
-
-    def raise_if_any(self) -> None:
-        if self.lines:
-            raise AnsibleFilterError("\n".join(self.lines))
 
 
 class _Span(NamedTuple):
@@ -194,8 +174,8 @@ class _DnatEntry(NamedTuple):
 # ---------------------------------------------------------------------------------------------- parsing
 
 
-def _is_list(value: object) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+def _errors(hostname: str) -> Errors:
+    return Errors("nat_router", hostname, PREFIX)
 
 
 def _parse_cidr(value: object) -> netaddr.IPNetwork:
@@ -343,7 +323,7 @@ def _interface_networks(ifacts: Mapping) -> list[netaddr.IPNetwork]:
     if isinstance(ifacts.get("ipv4"), Mapping):
         records.append(ifacts["ipv4"])
     secondaries = ifacts.get("ipv4_secondaries")
-    if _is_list(secondaries):
+    if is_list(secondaries):
         records.extend(r for r in secondaries if isinstance(r, Mapping))
     networks = []
     for record in records:
@@ -371,8 +351,8 @@ def _facts_hostname(facts: object) -> str:
     return "(unknown)"
 
 
-def _check_interface_list(value: object, var: str, known: set[str], errors: _Errors) -> list[str] | None:
-    if not _is_list(value):
+def _check_interface_list(value: object, var: str, known: set[str], errors: Errors) -> list[str] | None:
+    if not is_list(value):
         errors.add(var, "value", value, "expected a list of interface names such as ['eth1']")
         return None
     names: list[str] = []
@@ -391,13 +371,13 @@ def _check_interface_list(value: object, var: str, known: set[str], errors: _Err
 
 
 def _detect_interfaces(
-    facts: object, external: object, internal: object, errors: _Errors
+    facts: object, external: object, internal: object, errors: Errors
 ) -> tuple[list[str], list[str]]:
     if not isinstance(facts, Mapping):
         errors.add("external_interfaces", "value", None, "no ansible facts given; gather facts first")
         return [], []
     listed = _fact(facts, "interfaces")
-    known = {str(n) for n in listed} if _is_list(listed) else set()
+    known = {str(n) for n in listed} if is_list(listed) else set()
 
     if external is None:
         default = _fact(facts, "default_ipv4")
@@ -445,7 +425,7 @@ def _detect_interfaces(
 class _Context:
     """The configuration with defaults applied, plus the error collector."""
 
-    def __init__(self, config: object, errors: _Errors) -> None:
+    def __init__(self, config: object, errors: Errors) -> None:
         self.errors = errors
         self.config: Mapping = config if isinstance(config, Mapping) else {}
         if config is not None and not isinstance(config, Mapping):
@@ -460,7 +440,7 @@ class _Context:
 
     def list(self, key: str) -> list:
         value = self.get(key)
-        if not _is_list(value):
+        if not is_list(value):
             self.errors.add(key, "value", value, "expected a list")
             return []
         return list(value)
@@ -538,7 +518,7 @@ def _router_access(ctx: _Context) -> tuple[bool, list[dict[str, object]]]:
     value = ctx.get("router_access_from_internal")
     if value == "all":
         return True, []
-    if not _is_list(value):
+    if not is_list(value):
         ctx.errors.add(
             "router_access_from_internal",
             "value",
@@ -675,7 +655,7 @@ def _dnat_target(entry: Mapping, internal: _InternalRanges, problems: list[str])
 
 
 def _parse_dnat_entry(
-    index: int, entry: object, internal: _InternalRanges, errors: _Errors
+    index: int, entry: object, internal: _InternalRanges, errors: Errors
 ) -> _DnatEntry | None:
     if not isinstance(entry, Mapping):
         errors.add("dnat", index, entry, "expected a mapping with at least port and target")
@@ -795,7 +775,7 @@ def _socks(ctx: _Context, internal_networks: list[netaddr.IPNetwork]) -> dict[st
     tcp_spans: list[tuple[str, int, int]] = []
     exclude: list[netaddr.IPNetwork] = []
     for key, value in (("ports", settings["ports"]), ("exclude", settings["exclude"])):
-        if not _is_list(value):
+        if not is_list(value):
             ctx.errors.add("socks_redirect", key, value, "expected a list")
             continue
         for index, item in enumerate(value):
@@ -932,7 +912,7 @@ def nat_router_interfaces(
     facts: object, external: object = None, internal: object = None, hostname: object = None
 ) -> dict[str, list[str]]:
     """External and internal interface names and the internal networks, detected from facts when not given."""
-    errors = _Errors(str(hostname) if hostname else _facts_hostname(facts))
+    errors = _errors(str(hostname) if hostname else _facts_hostname(facts))
     ext, intl = _detect_interfaces(facts, external, internal, errors)
     ctx = _Context({}, errors)
     networks = _internal_networks(ctx, facts, intl)
@@ -942,7 +922,7 @@ def nat_router_interfaces(
 
 def nat_router_rules(config: object, facts: object, hostname: object = None) -> dict[str, object]:
     """Validated rule data for ruleset.nft.j2 from the nat_router_ variables (prefix stripped) and facts."""
-    errors = _Errors(str(hostname) if hostname else _facts_hostname(facts))
+    errors = _errors(str(hostname) if hostname else _facts_hostname(facts))
     ctx = _Context(config, errors)
     ext, intl = _detect_interfaces(
         facts, ctx.config.get("external_interfaces"), ctx.config.get("internal_interfaces"), errors

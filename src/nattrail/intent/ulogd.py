@@ -22,11 +22,13 @@ import hmac
 import ipaddress
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ansible.errors import AnsibleFilterError
+
+from nattrail.intent.errors import Errors, is_list
 
 PREFIX = "ulogd_"
 INT = "int"
@@ -156,32 +158,6 @@ _FILE_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 _PATH_RE = re.compile(r"/[A-Za-z0-9_./+-]+")
 _HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_REPR_MAX = 200
-
-
-class _Errors:
-    """Collects every problem so that one run reports all of them, one per line."""
-
-    def __init__(self, role: str, hostname: str) -> None:
-        self.role = role
-        self.hostname = hostname
-        self.lines: list[str] = []
-
-    def add(self, var: str, entry: object, value: object, message: str) -> None:
-        shown = repr(value)
-        if len(shown) > _REPR_MAX:
-            shown = shown[: _REPR_MAX - 3] + "..."
-        self.lines.append(
-            f"{self.role}: host {self.hostname}: variable {var}, entry {entry} ({shown}): {message}"
-        )
-
-    def raise_if_any(self) -> None:
-        if self.lines:
-            raise AnsibleFilterError("\n".join(self.lines))
-
-
-def _is_list(value: object) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
 
 
 def _is_int(value: object) -> bool:
@@ -209,7 +185,7 @@ def _check_string(value: str, limit: int = MAX_STRING) -> str | None:
 
 
 class _Context:
-    def __init__(self, config: object, errors: _Errors) -> None:
+    def __init__(self, config: object, errors: Errors) -> None:
         if not isinstance(config, Mapping):
             errors.add(PREFIX + "*", "value", config, "the filter expects a mapping of the role's variables")
             config = {}
@@ -247,7 +223,7 @@ class _Context:
 
 
 def _plugin_options(
-    errors: _Errors, var: str, entry: str, raw: object, plugin: _Plugin
+    errors: Errors, var: str, entry: str, raw: object, plugin: _Plugin
 ) -> list[tuple[str, str]]:
     """Validate free-form plugin options; return them as (key, config text) pairs in a stable order."""
     if raw is None:
@@ -285,7 +261,7 @@ def _plugin_options(
     return rendered
 
 
-def _log_file(errors: _Errors, var: str, entry: str, raw: object, log_dir: str) -> str | None:
+def _log_file(errors: Errors, var: str, entry: str, raw: object, log_dir: str) -> str | None:
     if not isinstance(raw, str) or not (_FILE_RE.fullmatch(raw) or _PATH_RE.fullmatch(raw)):
         errors.add(var, entry, raw, "expected a file name such as packets.json, or an absolute path")
         return None
@@ -342,7 +318,7 @@ class _Build:
         return [*extra, *options]
 
 
-def _stack_flag(errors: _Errors, var: str, entry: str, value: object) -> bool:
+def _stack_flag(errors: Errors, var: str, entry: str, value: object) -> bool:
     if not isinstance(value, bool):
         errors.add(var, entry, value, "expected true or false")
         return False
@@ -352,7 +328,7 @@ def _stack_flag(errors: _Errors, var: str, entry: str, value: object) -> bool:
 def _packet_stacks(build: _Build) -> list[dict[str, object]]:
     errors, var = build.ctx.errors, PREFIX + "packet_stacks"
     raw = build.ctx.get("packet_stacks", [])
-    if not _is_list(raw):
+    if not is_list(raw):
         errors.add(var, "value", raw, "expected a list of {group, file, pgsql, nflog, json}")
         return []
     groups: dict[int, int] = {}
@@ -629,7 +605,7 @@ def _prefix_lengths(ctx: _Context, pgsql: dict | None) -> None:
 
 def ulogd_config(config: object, hostname: object = None) -> dict[str, object]:
     """Validated data for ulogd.conf.j2 from the ulogd_ variables (prefix stripped)."""
-    errors = _Errors("ulogd", str(hostname) if hostname else "?")
+    errors = Errors("ulogd", str(hostname) if hostname else "?")
     ctx = _Context(config, errors)
     log_dir = ctx.text("log_dir", "/var/log/ulog")
     if not _PATH_RE.fullmatch(log_dir):
@@ -683,12 +659,12 @@ def ulogd_config(config: object, hostname: object = None) -> dict[str, object]:
 
 def log_collector_settings(config: object, hostname: object = None) -> dict[str, object]:
     """Validated settings of the log_collector role (prefix stripped): clients, listen, names."""
-    errors = _Errors("log_collector", str(hostname) if hostname else "?")
+    errors = Errors("log_collector", str(hostname) if hostname else "?")
     ctx = _Context(config, errors)
     prefix = "log_collector_"
     clients = ctx.get("clients", [])
     networks: list[str] = []
-    if not _is_list(clients) or not clients:
+    if not is_list(clients) or not clients:
         errors.add(
             prefix + "clients",
             "value",
@@ -711,7 +687,7 @@ def log_collector_settings(config: object, hostname: object = None) -> dict[str,
         networks.append(str(net))
     listen = ctx.get("listen_addresses", [])
     addresses: list[str] = []
-    if not _is_list(listen) or not listen:
+    if not is_list(listen) or not listen:
         errors.add(prefix + "listen_addresses", "value", listen, "expected a non-empty list of addresses")
         listen = []
     for index, item in enumerate(listen):
