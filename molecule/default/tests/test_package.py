@@ -47,9 +47,9 @@ def test_a_converge_replaces_a_package_with_an_extra_module_and_leaves_no_stale_
         shutil.copytree(PROJECT / "src" / "nattrail", src, ignore=shutil.ignore_patterns("__pycache__"))
         (src / "stale_probe.py").write_text('"""A module that the next build no longer has."""\n')
         extra = build(src, Path(tmp) / "out")
-        subprocess.run(["docker", "cp", extra["path"], "nattrail-router:/tmp/extra.deb"], check=True)
+        subprocess.run(["docker", "cp", extra["path"], "nattrail-router:/var/tmp/extra.deb"], check=True)
     try:
-        router.check("dpkg -i /tmp/extra.deb")
+        router.check("dpkg -i /var/tmp/extra.deb")
         assert router.run(f"test -f {STALE}").rc == 0
         result = converge("--limit", "router")
         assert result.returncode == 0, result.stdout[-3000:]
@@ -57,4 +57,4 @@ def test_a_converge_replaces_a_package_with_an_extra_module_and_leaves_no_stale_
         assert router.run(f"test -e {STALE}").rc == 1, "a module removed from the sources stayed behind"
         assert router.run("dpkg --verify nattrail").stdout == ""
     finally:
-        router.run("rm -f /tmp/extra.deb")
+        router.run("rm -f /var/tmp/extra.deb")
