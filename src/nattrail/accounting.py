@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nattrail import names
 from nattrail.jsonlog import utc_timestamp
 
 FAMILIES: tuple[str, ...] = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
@@ -335,9 +336,11 @@ def _identifier(text: str) -> str:
 
 
 def add_table_options(parser: argparse.ArgumentParser, default: Any) -> None:  # noqa: ANN401
-    parser.add_argument("--family", choices=FAMILIES, default=default or "inet", help="table family (inet)")
     parser.add_argument(
-        "--table", type=_identifier, default=default or "nattrail", help="table name (nattrail)"
+        "--family", choices=FAMILIES, default=default or names.FAMILY, help=f"table family ({names.FAMILY})"
+    )
+    parser.add_argument(
+        "--table", type=_identifier, default=default or names.TABLE, help=f"table name ({names.TABLE})"
     )
 
 

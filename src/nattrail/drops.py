@@ -14,10 +14,10 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from nattrail import accounting
+from nattrail import accounting, names
 from nattrail.jsonlog import utc_timestamp
 
-DROP_NAME = re.compile(r"^drop_\w+$")
+DROP_NAME = re.compile(rf"^{names.DROP_PREFIX}\w+$")
 
 
 def rows(counters: Iterable[accounting.Counter]) -> list[dict[str, Any]]:

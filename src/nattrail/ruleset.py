@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from nattrail import accounting, carrier
+from nattrail import accounting, carrier, names
 from nattrail.jsonlog import utc_timestamp
 
 ROLLBACK_UNIT = "nattrail-rollback"
@@ -281,8 +281,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--candidate", type=Path, default=Path("/etc/nftables.conf.candidate"))
     parser.add_argument("--target", type=Path, default=Path("/etc/nftables.conf"))
     parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/nattrail"))
-    parser.add_argument("--family", default="inet")
-    parser.add_argument("--table", default="nattrail")
+    parser.add_argument("--family", default=names.FAMILY)
+    parser.add_argument("--table", default=names.TABLE)
     parser.add_argument("--confirm-timeout", type=int, default=60, help="seconds; 0 applies without rollback")
     parser.add_argument(
         "--no-proof",

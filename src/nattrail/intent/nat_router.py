@@ -22,8 +22,8 @@ from typing import NamedTuple
 import netaddr
 
 from nattrail.intent.errors import Errors, is_list
+from nattrail.names import FAMILY, TABLE
 
-TABLE = "nattrail"
 PREFIX = "nat_router_"
 
 # Ports dropped silently on external interfaces: chatty LAN protocols that would only flood the log.
@@ -930,6 +930,7 @@ def nat_router_rules(config: object, facts: object, hostname: object = None) -> 
     internal_networks = _internal_networks(ctx, facts, intl)
     access_all, access_services = _router_access(ctx)
     rules = {
+        "family": FAMILY,
         "table": TABLE,
         "hostname": errors.hostname,
         "interfaces": {"external": ext, "internal": intl},
