@@ -137,10 +137,6 @@ class Conntrack(NamedTuple):
     def proto(self) -> str:
         return PROTO_NAMES.get(self.orig.proto, str(self.orig.proto))
 
-    @property
-    def source_natted(self) -> bool:
-        return bool(self.status & IPS_SRC_NAT)
-
 
 def iter_attrs(data: bytes | memoryview, start: int, end: int) -> Iterator[tuple[int, int, int]]:
     """Yield (type, payload start, payload end) for each attribute in data[start:end]."""

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nattrail import ctnetlink
-from nattrail.ctnetlink import Conntrack, DecodeError, NetlinkError, Tuple
+from nattrail.ctnetlink import IPS_SRC_NAT, Conntrack, DecodeError, NetlinkError, Tuple
 
 CAPTURE = Path(__file__).parent / "data" / "ctnetlink-capture.txt"
 
@@ -46,7 +46,7 @@ def test_new_tcp_event_names_client_server_and_masquerader() -> None:
     assert isinstance(ct, Conntrack)
     assert ct.event == "new"
     assert ct.proto == "tcp"
-    assert ct.source_natted
+    assert ct.status & IPS_SRC_NAT
     assert (ct.orig.src, ct.orig.sport, ct.orig.dst, ct.orig.dport) == (
         "10.77.0.10",
         37202,
@@ -97,8 +97,8 @@ def test_icmp_and_udp_tuples() -> None:
 def test_dump_entries_end_with_done() -> None:
     entries = decoded(6)
     assert all(isinstance(e, Conntrack) and e.event == "dump" for e in entries)
-    natted = [e for e in entries if isinstance(e, Conntrack) and e.source_natted]
-    not_natted = [e for e in entries if isinstance(e, Conntrack) and not e.source_natted]
+    natted = [e for e in entries if isinstance(e, Conntrack) and e.status & IPS_SRC_NAT]
+    not_natted = [e for e in entries if isinstance(e, Conntrack) and not e.status & IPS_SRC_NAT]
     # The client's SSH session to the router itself is not masqueraded; the rest are.
     assert [e.orig.dst for e in not_natted] == ["10.77.0.2"]
     assert len(natted) == 3
