@@ -711,3 +711,31 @@ def test_large_inventories_are_checked_in_n_log_n() -> None:
     assert len(result["accounting"]["counters"]) == 2 * count + 2
     # Pairwise checks would take minutes here; the sweeps take well under a few seconds.
     assert elapsed < 20, f"{elapsed:.1f}s for {count} DNAT entries and {count} accounting networks"
+
+
+# ------------------------------------------------------------------------------------ service names
+
+
+@pytest.mark.parametrize(
+    ("name", "port"), [("whois", 43), ("cvspserver", 2401), ("dict", 2628), ("ircs", 994), ("nntps", 563)]
+)
+def test_registry_service_names_an_ipmasq_site_uses_are_known(name: str, port: int) -> None:
+    """The names ipmasq sites wrote in their redirected and forwarded ports (issue 13 found each refused)."""
+    accepted = rules({"inbound_services": [name]})["input"]["inbound_services"]
+    assert {"proto": "tcp", "ports": [str(port)]} in accepted, accepted
+
+
+def test_noisy_udp_ports_take_names_as_documented() -> None:
+    assert rules({"noisy_udp_ports": ["bootps", "snmp", "5353"]})["input"]["noisy_udp_ports"] == [
+        "67",
+        "161",
+        "5353",
+    ]
+
+
+def test_an_unknown_service_name_says_where_the_names_come_from() -> None:
+    with pytest.raises(AnsibleFilterError) as caught:
+        rules({"inbound_services": ["ssh-but-typo"]})
+    assert "unknown service name 'ssh-but-typo'; use a port number or a name of the IANA registry" in str(
+        caught.value.message
+    )

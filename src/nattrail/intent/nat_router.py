@@ -22,6 +22,7 @@ from typing import NamedTuple
 import netaddr
 
 from nattrail.intent.errors import Errors, is_list
+from nattrail.intent.services import SERVICES
 from nattrail.names import FAMILY, TABLE
 
 PREFIX = "nat_router_"
@@ -64,82 +65,6 @@ SOCKS_DEFAULTS: dict[str, object] = {
     "listen_port": 12345,
 }
 
-# Built in rather than read from /etc/services: the filter runs on the controller, whose services file
-# may differ from the router's (or be absent, e.g. on macOS or in a container).
-SERVICES: dict[str, tuple[tuple[int, str], ...]] = {
-    "ftp-data": ((20, "tcp"),),
-    "ftp": ((21, "tcp"),),
-    "ssh": ((22, "tcp"),),
-    "telnet": ((23, "tcp"),),
-    "smtp": ((25, "tcp"),),
-    "domain": ((53, "udp"), (53, "tcp")),
-    "dns": ((53, "udp"), (53, "tcp")),
-    "bootps": ((67, "udp"),),
-    "dhcp": ((67, "udp"),),
-    "bootpc": ((68, "udp"),),
-    "tftp": ((69, "udp"),),
-    "gopher": ((70, "tcp"),),
-    "finger": ((79, "tcp"),),
-    "http": ((80, "tcp"),),
-    "www": ((80, "tcp"),),
-    "kerberos": ((88, "tcp"), (88, "udp")),
-    "pop3": ((110, "tcp"),),
-    "sunrpc": ((111, "tcp"), (111, "udp")),
-    "ident": ((113, "tcp"),),
-    "auth": ((113, "tcp"),),
-    "nntp": ((119, "tcp"),),
-    "ntp": ((123, "udp"),),
-    "netbios-ns": ((137, "udp"),),
-    "netbios-dgm": ((138, "udp"),),
-    "netbios-ssn": ((139, "tcp"),),
-    "imap": ((143, "tcp"),),
-    "imap2": ((143, "tcp"),),
-    "snmp": ((161, "udp"),),
-    "snmp-trap": ((162, "udp"),),
-    "bgp": ((179, "tcp"),),
-    "irc": ((194, "tcp"),),
-    "ldap": ((389, "tcp"),),
-    "https": ((443, "tcp"),),
-    "microsoft-ds": ((445, "tcp"),),
-    "smtps": ((465, "tcp"),),
-    "submissions": ((465, "tcp"),),
-    "isakmp": ((500, "udp"),),
-    "login": ((513, "tcp"),),
-    "who": ((513, "udp"),),
-    "shell": ((514, "tcp"),),
-    "syslog": ((514, "udp"),),
-    "printer": ((515, "tcp"),),
-    "route": ((520, "udp"),),
-    "submission": ((587, "tcp"),),
-    "ldaps": ((636, "tcp"),),
-    "rsync": ((873, "tcp"),),
-    "imaps": ((993, "tcp"),),
-    "pop3s": ((995, "tcp"),),
-    "socks": ((1080, "tcp"),),
-    "openvpn": ((1194, "udp"),),
-    "ms-sql-s": ((1433, "tcp"),),
-    "l2tp": ((1701, "udp"),),
-    "pptp": ((1723, "tcp"),),
-    "radius": ((1812, "udp"),),
-    "radius-acct": ((1813, "udp"),),
-    "nfs": ((2049, "tcp"), (2049, "udp")),
-    "squid": ((3128, "tcp"),),
-    "mysql": ((3306, "tcp"),),
-    "ms-wbt-server": ((3389, "tcp"),),
-    "rdp": ((3389, "tcp"),),
-    "sieve": ((4190, "tcp"),),
-    "ipsec-nat-t": ((4500, "udp"),),
-    "ipsec": ((500, "udp"), (4500, "udp")),
-    "sip": ((5060, "udp"), (5060, "tcp")),
-    "xmpp-client": ((5222, "tcp"),),
-    "mdns": ((5353, "udp"),),
-    "postgresql": ((5432, "tcp"),),
-    "vnc": ((5900, "tcp"),),
-    "x11": ((6000, "tcp"),),
-    "ircd": ((6667, "tcp"),),
-    "http-alt": ((8080, "tcp"),),
-    "wireguard": ((51820, "udp"),),
-}
 
 PROTOS = ("tcp", "udp")
 MAX_LOG_PREFIX = 127  # the kernel's NF_LOG_PREFIXLEN is 128 bytes including the trailing NUL
@@ -245,7 +170,8 @@ def _parse_service(value: object, only_proto: str | None = None) -> list[tuple[s
         known = SERVICES.get(port_text)
         if known is None:
             raise ValueError(
-                f"unknown service name {port_text!r}; use a port number or one of {sorted(SERVICES)}"
+                f"unknown service name {port_text!r}; use a port number or a name of the IANA registry "
+                "(Debian's /etc/services; docs/nat_router.md)"
             )
         wanted = proto or only_proto
         if wanted:
