@@ -195,7 +195,7 @@ def refuse_outside_private_netns() -> None:
         raise SystemExit("refusing to load nft rules: not inside a private network namespace")
 
 
-def load_filter_plugin(name: str) -> ModuleType:
+def load_filter_plugin(name: str = "nattrail") -> ModuleType:
     """``filter_plugins/<name>.py`` imported the way Ansible does: from its file, under a name of its own."""
     path = REPO / "filter_plugins" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"ansible_filter_plugin_{name}", path)

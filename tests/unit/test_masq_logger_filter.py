@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
-from conftest import REPO, load_filter_plugin
+from conftest import REPO
 
 from nattrail.intent.masq_logger import masq_logger_settings
 from nattrail.masqlog import build_config
@@ -17,11 +17,6 @@ def errors_of(**settings: object) -> list[str]:
     with pytest.raises(AnsibleFilterError) as caught:
         masq_logger_settings({**GOOD, **settings}, "gw1")
     return str(caught.value.message).splitlines()
-
-
-def test_the_plugin_file_ansible_loads_registers_the_filter() -> None:
-    filters = load_filter_plugin("masq_logger").FilterModule().filters()
-    assert filters == {"masq_logger_settings": masq_logger_settings}
 
 
 def test_good_settings_come_back_as_given_and_the_daemon_reads_them() -> None:

@@ -8,7 +8,7 @@ import time
 import netaddr
 import pytest
 from ansible.errors import AnsibleFilterError
-from conftest import load_filter_plugin, make_facts
+from conftest import make_facts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,12 +36,6 @@ def assert_error(
 
 
 # ------------------------------------------------------------------------------------------- registry
-
-
-def test_filter_module_exports_both_filters() -> None:
-    filters = load_filter_plugin("nat_router").FilterModule().filters()
-    assert filters["nat_router_rules"] is nat_router_rules
-    assert filters["nat_router_interfaces"] is nat_router_interfaces
 
 
 # --------------------------------------------------------------------------------- defaults, detection

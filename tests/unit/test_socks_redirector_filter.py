@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from conftest import REPO, load_filter_plugin
+from conftest import REPO
 
 from nattrail.intent.socks_redirector import socks_redirector_settings
 
@@ -25,11 +25,6 @@ def errors_of(redirect: object = ON, **config: object) -> list[str]:
     with pytest.raises(AnsibleFilterError) as caught:
         settings(redirect, **config)
     return str(caught.value.message).splitlines()
-
-
-def test_the_plugin_file_ansible_loads_registers_the_filter() -> None:
-    filters = load_filter_plugin("socks_redirector").FilterModule().filters()
-    assert filters == {"socks_redirector_settings": socks_redirector_settings}
 
 
 def test_the_settings_are_what_the_daemon_reads() -> None:

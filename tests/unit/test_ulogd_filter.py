@@ -7,7 +7,6 @@ import re
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from conftest import load_filter_plugin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,16 +82,6 @@ def section(result: dict, ident: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ registry
-
-
-def test_filter_module_exports_every_filter() -> None:
-    filters = load_filter_plugin("ulogd").FilterModule().filters()
-    assert filters == {
-        "ulogd_config": ulogd_config,
-        "log_collector_settings": log_collector_settings,
-        "pgsql_scram_verifier": pgsql_scram_verifier,
-        "pgsql_scram_matches": pgsql_scram_matches,
-    }
 
 
 # ------------------------------------------------------------------------------------------- stacks

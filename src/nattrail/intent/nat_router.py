@@ -4,7 +4,7 @@ The template roles/nat_router/templates/ruleset.nft.j2 only prints what ``nat_ro
 every decision (defaults, interface auto-detection, validation, merging, sorting) lives here, where it can
 be unit-tested on the controller without a router. The reference is docs/nat_router.md.
 
-Ansible reaches this module through ``filter_plugins/nat_router.py``, which only puts the repository's
+Ansible reaches this module through ``filter_plugins/nattrail.py``, which only puts the repository's
 ``src/`` on the import path and registers the filters (see docs/architecture.md).
 
 Per-packet cost must not grow with the inventory: DNAT entries and accounting networks become nftables

@@ -11,7 +11,7 @@ The option tables below are those of Debian 12's ulogd2 2.0.8 (input/packet/ulog
 input/flow/ulogd_inpflow_NFCT.c, output/ulogd_output_JSON.c, output/pgsql/ulogd_output_PGSQL.c and
 include/ulogd/db.h).
 
-Ansible reaches this module through ``filter_plugins/ulogd.py`` (see docs/architecture.md).
+Ansible reaches this module through ``filter_plugins/nattrail.py`` (see docs/architecture.md).
 """
 
 from __future__ import annotations
