@@ -447,3 +447,42 @@ def test_verifier_needs_both_keys_to_match() -> None:
     assert not pgsql_scram_matches(f"{head}${stored}:{other}", "twelve-chars-at-least")
     assert not pgsql_scram_matches(f"{head}${other}:{server}", "twelve-chars-at-least")
     assert not pgsql_scram_matches(good, None)
+
+
+def test_device_with_a_double_quote_is_refused_with_the_reason() -> None:
+    lines = errors_of(ulogd_config, c(json_device='gw "a"'), "router")
+    assert lines == [
+        "ulogd: host router: variable ulogd_json_device, entry value ('gw \"a\"'): must not contain double quotes or line breaks (ulogd's config has no escapes)"
+    ]
+
+
+def test_flow_stack_that_is_not_a_mapping_is_named() -> None:
+    lines = errors_of(ulogd_config, c(flow_stack=["enabled"]), "router")
+    assert lines == [
+        "ulogd: host router: variable ulogd_flow_stack, entry value (['enabled']): expected a mapping {enabled, file, pgsql, nfct, json}"
+    ]
+
+
+def test_absolute_file_ending_in_a_dot_is_refused() -> None:
+    lines = errors_of(ulogd_config, c(packet_stacks=[{"group": 1, "file": "/var/log/."}]), "router")
+    assert lines[0] == (
+        "ulogd: host router: variable ulogd_packet_stacks, entry 0.file ('/var/log/.'): expected a normalised absolute path to a file"
+    )
+
+
+def test_directory_names_keep_their_last_letter() -> None:
+    result = ulogd_config(c(log_dir="/srv/X", plugin_dir="/opt/X"), "router")
+    assert result["files"] == ["/srv/X/packets.json"]
+    assert result["plugins"][0] == "/opt/X/ulogd_inppkt_NFLOG.so"
+
+
+def test_flow_stacks_write_their_file_and_name_their_destination() -> None:
+    result = ulogd_config(
+        c(PGSQL, packet_stacks=[], flow_stack={"enabled": True, "file": "/srv/flows.json"}), "router"
+    )
+    assert [s["name"] for s in result["stacks"]] == [
+        "finished flows to /srv/flows.json",
+        "finished flows to PostgreSQL",
+    ]
+    jsonflow = next(s["options"] for s in result["sections"] if s["id"] == "jsonflow")
+    assert jsonflow == [("file", '"/srv/flows.json"'), ("sync", "1"), ("device", '"router"')]
