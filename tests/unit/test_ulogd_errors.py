@@ -486,3 +486,14 @@ def test_flow_stacks_write_their_file_and_name_their_destination() -> None:
     ]
     jsonflow = next(s["options"] for s in result["sections"] if s["id"] == "jsonflow")
     assert jsonflow == [("file", '"/srv/flows.json"'), ("sync", "1"), ("device", '"router"')]
+
+
+@pytest.mark.parametrize(("name_length", "too_long"), [(138, False), (139, True)])
+def test_line_longer_than_ulogd_reads_is_named(name_length: int, too_long: bool) -> None:
+    """connstring="..." is 254 characters with a 138-character application name, 255 with 139."""
+    cfg = c(PGSQL, pgsql_conninfo={"application_name": "a" * name_length})
+    lines = errors_of(ulogd_config, cfg, "router")
+    assert lines[0].startswith("ulogd: host router: variable ulogd_pgsql_conninfo, entry connstring (")
+    line_error = "ulogd: host router: variable ulogd_*, entry pgsql1 ('connstring'): the line is longer than ulogd's 254"
+    assert (line_error in lines) is too_long
+    assert len(lines) == 1 + too_long
