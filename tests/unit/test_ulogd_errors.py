@@ -261,7 +261,10 @@ def test_collector_error_lines_are_exact(name: str) -> None:
 
 def test_collector_configuration_that_is_not_a_mapping_is_an_error() -> None:
     lines = errors_of(log_collector_settings, ["x"], "server")
-    assert "entry value (['x']): the filter expects a mapping of the role's variables" in lines[0]
+    assert lines[0] == (
+        "log_collector: host server: variable log_collector_*, entry value (['x']): "
+        "the filter expects a mapping of the role's variables"
+    )
     assert len(lines) == 4, "clients, listen_addresses and password are then missing too"
 
 

@@ -185,9 +185,10 @@ def _check_string(value: str, limit: int = MAX_STRING) -> str | None:
 
 
 class _Context:
-    def __init__(self, config: object, errors: Errors) -> None:
+    def __init__(self, config: object, errors: Errors, prefix: str = PREFIX) -> None:
+        self.prefix = prefix
         if not isinstance(config, Mapping):
-            errors.add(PREFIX + "*", "value", config, "the filter expects a mapping of the role's variables")
+            errors.add(prefix + "*", "value", config, "the filter expects a mapping of the role's variables")
             config = {}
         self.config = config
         self.errors = errors
@@ -199,7 +200,7 @@ class _Context:
     def flag(self, key: str, default: bool = False) -> bool:
         value = self.get(key, default)
         if not isinstance(value, bool):
-            self.errors.add(PREFIX + key, "value", value, "expected true or false")
+            self.errors.add(self.prefix + key, "value", value, "expected true or false")
             return default
         return value
 
@@ -207,14 +208,14 @@ class _Context:
         raw = self.get(key, default)
         value = _as_int(raw)
         if value is None or not low <= value <= high:
-            self.errors.add(PREFIX + key, "value", raw, f"expected an integer in {low}..{high}")
+            self.errors.add(self.prefix + key, "value", raw, f"expected an integer in {low}..{high}")
             return default
         return value
 
     def text(self, key: str, default: str = "") -> str:
         value = self.get(key, default)
         if not isinstance(value, str):
-            self.errors.add(PREFIX + key, "value", value, "expected a string")
+            self.errors.add(self.prefix + key, "value", value, "expected a string")
             return default
         return value
 
@@ -659,9 +660,9 @@ def ulogd_config(config: object, hostname: object = None) -> dict[str, object]:
 
 def log_collector_settings(config: object, hostname: object = None) -> dict[str, object]:
     """Validated settings of the log_collector role (prefix stripped): clients, listen, names."""
-    errors = Errors("log_collector", str(hostname) if hostname else "?")
-    ctx = _Context(config, errors)
     prefix = "log_collector_"
+    errors = Errors("log_collector", str(hostname) if hostname else "?")
+    ctx = _Context(config, errors, prefix)
     clients = ctx.get("clients", [])
     networks: list[str] = []
     if not is_list(clients) or not clients:
