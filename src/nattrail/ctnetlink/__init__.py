@@ -15,127 +15,78 @@ import select
 import socket
 import struct
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 from nattrail import mmsg
-
-NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
-SO_RCVBUFFORCE = 33  # asm-generic/socket.h; the socket module does not name it
-NETLINK_CAP_ACK = 10  # error replies without a copy of the request
-
-# nlmsghdr
-NLMSG_HDR = struct.Struct("=IHHII")  # length, type, flags, seq, pid
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLMSG_OVERRUN = 4
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_DUMP = 0x300
-NLM_F_CREATE = 0x400
-NLM_F_EXCL = 0x200
-
-# nfgenmsg follows nlmsghdr: family, version, res_id (network order)
-NFGEN_HDR = struct.Struct("!BBH")
-NFNL_SUBSYS_CTNETLINK = 1
-IPCTNL_MSG_CT_NEW = 0
-IPCTNL_MSG_CT_GET = 1
-IPCTNL_MSG_CT_DELETE = 2
-NFNLGRP_CONNTRACK_NEW = 1
-NFNLGRP_CONNTRACK_DESTROY = 3
-
-# netlink attributes
-NLA_HDR = struct.Struct("=HH")
-NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
-
-# enum ctattr_type
-CTA_TUPLE_ORIG = 1
-CTA_TUPLE_REPLY = 2
-CTA_STATUS = 3
-CTA_PROTOINFO = 4
-CTA_TIMEOUT = 7
-CTA_COUNTERS_ORIG = 9
-CTA_COUNTERS_REPLY = 10
-CTA_ID = 12
-CTA_MARK = 8
-CTA_TIMESTAMP = 20
-CTA_TIMESTAMP_EVENT = 27
-CTA_MARK_MASK = 21
-# enum ctattr_tuple / ctattr_ip / ctattr_l4proto
-CTA_TUPLE_IP = 1
-CTA_TUPLE_PROTO = 2
-CTA_IP_V4_SRC = 1
-CTA_IP_V4_DST = 2
-CTA_IP_V6_SRC = 3
-CTA_IP_V6_DST = 4
-CTA_PROTO_NUM = 1
-CTA_PROTO_SRC_PORT = 2
-CTA_PROTO_DST_PORT = 3
-CTA_PROTO_ICMP_ID = 4
-CTA_PROTO_ICMP_TYPE = 5
-CTA_PROTO_ICMP_CODE = 6
-# enum ctattr_counters / ctattr_tstamp
-CTA_COUNTERS_PACKETS = 1
-CTA_COUNTERS_BYTES = 2
-CTA_COUNTERS32_PACKETS = 3
-CTA_COUNTERS32_BYTES = 4
-CTA_TIMESTAMP_START = 1
-CTA_TIMESTAMP_STOP = 2
-
-# enum ip_conntrack_status
-IPS_SRC_NAT = 1 << 4
-IPS_DST_NAT = 1 << 5
-
-PROTO_NAMES: dict[int, str] = {
-    socket.IPPROTO_TCP: "tcp",
-    socket.IPPROTO_UDP: "udp",
-    socket.IPPROTO_ICMP: "icmp",
-}
-
-U16 = struct.Struct("!H")
-U32 = struct.Struct("!I")
-U64 = struct.Struct("!Q")
-
-
-class DecodeError(ValueError):
-    """A netlink message that does not parse: counted and skipped, never fatal."""
-
-
-# NamedTuples rather than dataclasses: the logger builds three per event, and these are the
-# cheapest immutable, hashable records Python has.
-class Tuple(NamedTuple):
-    src: str
-    dst: str
-    proto: int
-    sport: int | None = None  # TCP/UDP ports; None for ICMP
-    dport: int | None = None
-    icmp_id: int | None = None
-    icmp_type: int | None = None
-    icmp_code: int | None = None
-
-
-class Counters(NamedTuple):
-    packets: int
-    bytes: int
-
-
-class Conntrack(NamedTuple):
-    """One ctnetlink message: ``event`` is "new", "destroy" or "dump" (a table dump entry)."""
-
-    event: str
-    ct_id: int | None
-    status: int
-    orig: Tuple
-    reply: Tuple
-    counters_orig: Counters | None = None
-    counters_reply: Counters | None = None
-    start_ns: int | None = None  # CLOCK_REALTIME nanoseconds, with nf_conntrack_timestamp
-    stop_ns: int | None = None
-
-    @property
-    def proto(self) -> str:
-        return PROTO_NAMES.get(self.orig.proto, str(self.orig.proto))
+from nattrail.ctnetlink.constants import (
+    CTA_COUNTERS32_BYTES,
+    CTA_COUNTERS32_PACKETS,
+    CTA_COUNTERS_BYTES,
+    CTA_COUNTERS_ORIG,
+    CTA_COUNTERS_PACKETS,
+    CTA_COUNTERS_REPLY,
+    CTA_ID,
+    CTA_IP_V4_DST,
+    CTA_IP_V4_SRC,
+    CTA_IP_V6_DST,
+    CTA_IP_V6_SRC,
+    CTA_MARK,
+    CTA_MARK_MASK,
+    CTA_PROTO_DST_PORT,
+    CTA_PROTO_ICMP_CODE,
+    CTA_PROTO_ICMP_ID,
+    CTA_PROTO_ICMP_TYPE,
+    CTA_PROTO_NUM,
+    CTA_PROTO_SRC_PORT,
+    CTA_PROTOINFO,
+    CTA_STATUS,
+    CTA_TIMEOUT,
+    CTA_TIMESTAMP,
+    CTA_TIMESTAMP_EVENT,
+    CTA_TIMESTAMP_START,
+    CTA_TIMESTAMP_STOP,
+    CTA_TUPLE_IP,
+    CTA_TUPLE_ORIG,
+    CTA_TUPLE_PROTO,
+    CTA_TUPLE_REPLY,
+    IPCTNL_MSG_CT_DELETE,
+    IPCTNL_MSG_CT_GET,
+    IPCTNL_MSG_CT_NEW,
+    IPS_DST_NAT,
+    IPS_SRC_NAT,
+    NETLINK_ADD_MEMBERSHIP,
+    NETLINK_CAP_ACK,
+    NETLINK_NETFILTER,
+    NFGEN_HDR,
+    NFNL_SUBSYS_CTNETLINK,
+    NFNLGRP_CONNTRACK_DESTROY,
+    NFNLGRP_CONNTRACK_NEW,
+    NLA_F_NESTED,
+    NLA_HDR,
+    NLA_TYPE_MASK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_MULTI,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_HDR,
+    NLMSG_OVERRUN,
+    PROTO_NAMES,
+    SO_RCVBUFFORCE,
+    SOL_NETLINK,
+    U16,
+    U32,
+    U64,
+)
+from nattrail.ctnetlink.records import (
+    Conntrack,
+    Counters,
+    DecodeError,
+    NetlinkError,
+    Tuple,
+)
 
 
 def iter_attrs(data: bytes | memoryview, start: int, end: int) -> Iterator[tuple[int, int, int]]:
@@ -173,7 +124,6 @@ _PROTO_ATTRS = {
 }
 
 
-NLA_F_NESTED = 0x8000
 # The layout the kernel uses for an IPv4 tuple with ports (TCP, UDP): the fast path reads the
 # 48 bytes in one unpack and checks the five attribute-header chunks against the expected ones;
 # anything else takes the general walk. Headers are built with NLA_HDR, so in host byte order.
@@ -433,12 +383,6 @@ def decode_conntrack(data: bytes | memoryview, start: int, end: int, event: str)
     """Decode the attributes of one conntrack message (after nlmsghdr and nfgenmsg)."""
     fast = _fast_event(data, start, end, event)
     return fast if fast is not None else _decode_general(data, start, end, event)
-
-
-class NetlinkError(NamedTuple):
-    """An NLMSG_ERROR reply (code 0 is an acknowledgement)."""
-
-    code: int
 
 
 def decode_datagram(data: bytes | memoryview) -> Iterator[Conntrack | NetlinkError | None]:
@@ -746,3 +690,72 @@ def lookup(connections: list[tuple[int | None, Tuple]]) -> list[int | None]:
     """:class:`Lookup` on a socket of its own."""
     with Lookup() as looker:
         return looker(connections)
+
+
+__all__ = [
+    "CTA_COUNTERS32_BYTES",
+    "CTA_COUNTERS32_PACKETS",
+    "CTA_COUNTERS_BYTES",
+    "CTA_COUNTERS_ORIG",
+    "CTA_COUNTERS_PACKETS",
+    "CTA_COUNTERS_REPLY",
+    "CTA_ID",
+    "CTA_IP_V4_DST",
+    "CTA_IP_V4_SRC",
+    "CTA_IP_V6_DST",
+    "CTA_IP_V6_SRC",
+    "CTA_MARK",
+    "CTA_MARK_MASK",
+    "CTA_PROTOINFO",
+    "CTA_PROTO_DST_PORT",
+    "CTA_PROTO_ICMP_CODE",
+    "CTA_PROTO_ICMP_ID",
+    "CTA_PROTO_ICMP_TYPE",
+    "CTA_PROTO_NUM",
+    "CTA_PROTO_SRC_PORT",
+    "CTA_STATUS",
+    "CTA_TIMEOUT",
+    "CTA_TIMESTAMP",
+    "CTA_TIMESTAMP_EVENT",
+    "CTA_TIMESTAMP_START",
+    "CTA_TIMESTAMP_STOP",
+    "CTA_TUPLE_IP",
+    "CTA_TUPLE_ORIG",
+    "CTA_TUPLE_PROTO",
+    "CTA_TUPLE_REPLY",
+    "IPCTNL_MSG_CT_DELETE",
+    "IPCTNL_MSG_CT_GET",
+    "IPCTNL_MSG_CT_NEW",
+    "IPS_DST_NAT",
+    "IPS_SRC_NAT",
+    "NETLINK_ADD_MEMBERSHIP",
+    "NETLINK_CAP_ACK",
+    "NETLINK_NETFILTER",
+    "NFGEN_HDR",
+    "NFNLGRP_CONNTRACK_DESTROY",
+    "NFNLGRP_CONNTRACK_NEW",
+    "NFNL_SUBSYS_CTNETLINK",
+    "NLA_F_NESTED",
+    "NLA_HDR",
+    "NLA_TYPE_MASK",
+    "NLMSG_DONE",
+    "NLMSG_ERROR",
+    "NLMSG_HDR",
+    "NLMSG_OVERRUN",
+    "NLM_F_CREATE",
+    "NLM_F_DUMP",
+    "NLM_F_EXCL",
+    "NLM_F_MULTI",
+    "NLM_F_REQUEST",
+    "PROTO_NAMES",
+    "SOL_NETLINK",
+    "SO_RCVBUFFORCE",
+    "U16",
+    "U32",
+    "U64",
+    "Conntrack",
+    "Counters",
+    "DecodeError",
+    "NetlinkError",
+    "Tuple",
+]
