@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from nattrail.ctnetlink.constants import PROTO_NAMES
+from nattrail.ctnetlink import constants
+
+# Bound by assignment, not ``from … import``: CPython 3.11 compiles a method call on a name an import
+# bound (``PROTO_NAMES.get``) as an attribute load that builds a bound method each time (see walk.py).
+PROTO_NAMES = constants.PROTO_NAMES
 
 
 class DecodeError(ValueError):
