@@ -194,6 +194,7 @@ def test_close_joins_the_open_it_belongs_to(tmp_path: Path) -> None:
         ],
         window=600,
     )
+    assert [m.notes for m in result.matches if m.conn.closed] == [(), (), ()]
     assert [(m.conn.opened, m.conn.closed, m.conn.duration, m.conn.records) for m in result.matches] == [
         (t("03:06:31"), t("03:07"), 29.0, ["masq.log:7 close"]),
         (t("03:06"), None, None, ["masq.log:6 open"]),
@@ -208,6 +209,13 @@ def test_close_that_ended_before_the_open_began_is_another_connection(tmp_path: 
     assert [m.conn.records for m in result.matches] == [["masq.log:2 open", "masq.log:3 close"]]
     result = ask(tmp_path, [rec("03:00", "start"), opened("03:10"), closed(None, "03:09:29", at="03:10:05")])
     assert [m.conn.records for m in result.matches] == [["masq.log:2 open"], ["masq.log:3 close"]]
+
+
+def test_ident_after_a_close_without_open(tmp_path: Path) -> None:
+    result = ask(tmp_path, [rec("03:00", "start"), closed("03:05", "03:10"), ident("03:10:05")])
+    (match,) = result.matches
+    assert match.conn.records == ["masq.log:2 close", "masq.log:3 ident"]
+    assert match.conn.user == "alice"
 
 
 def test_close_time_defaults_to_the_record_time(tmp_path: Path) -> None:
@@ -271,6 +279,25 @@ def test_reuse_bounds_by_the_earliest_later_start(tmp_path: Path) -> None:
     assert by_id[1002].conn.ended_by == t("03:20")
     assert by_id[1003].conn.ended_by is None
     assert by_id[1004].conn.ended_by == t("03:30")
+
+
+def test_reuse_needs_the_same_address_pair(tmp_path: Path) -> None:
+    # Each of these differs from the first connection's reply tuple in one part: none proves it ended.
+    others = [
+        {**OTHER, "ct_id": 2001, "proto": "udp"},
+        {**OTHER, "ct_id": 2002, "masq_ip": "203.0.113.3"},
+        {**OTHER, "ct_id": 2003, "server_ip": "203.0.113.11"},
+        {**OTHER, "ct_id": 2004, "server_port": 23},
+    ]
+    result = ask(tmp_path, [opened("03:00"), *(opened("03:05", key) for key in others)], at="03:10")
+    (first,) = [m for m in result.matches if m.conn.data["ct_id"] == 1001]
+    assert first.conn.ended_by is None
+    assert first.open_at_time
+    # The client side is not part of it: another inside host on the same pair does prove it.
+    result = ask(tmp_path, [opened("03:00"), opened("03:05", OTHER)], at="03:10")
+    (first,) = [m for m in result.matches if m.conn.data["ct_id"] == 1001]
+    assert first.conn.ended_by == t("03:05")
+    assert not first.open_at_time
 
 
 def test_restart_bounds_what_its_dump_does_not_list(tmp_path: Path) -> None:
@@ -349,6 +376,13 @@ def test_ended_by_after_the_end_of_the_logs_is_not_used(tmp_path: Path) -> None:
     )
     (match,) = [m for m in result.matches if m.conn.data["ct_id"] == 1001]
     assert match.end == t("03:30")
+    # Ended exactly where the logs end: the end of the logs it is.
+    result = ask(tmp_path, [opened("03:00"), opened("03:30", OTHER)], at="03:01", window=60, now="03:00")
+    (match,) = [m for m in result.matches if m.conn.data["ct_id"] == 1001]
+    assert match.end == t("03:30")
+    assert match.notes == (
+        "no close logged; still open at the end of the logs (2026-11-21T03:30:00Z) as far as they show",
+    )
 
 
 # --- selecting ----------------------------------------------------------------------------------------

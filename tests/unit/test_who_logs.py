@@ -325,3 +325,45 @@ def test_logged_addresses_are_compared_canonically(tmp_path: Path) -> None:
     # An address that is not one is kept as logged.
     result = who.who(query(), log)
     assert sorted(str(m.conn.data["masq_ip"]) for m in result.matches) == ["2001:db8::2", "7"]
+
+
+def test_lines_without_a_time_do_not_bound_the_logs(tmp_path: Path) -> None:
+    log = tmp_path / "masq.log"
+    log.write_text(text(['{"note":"rotated"}', opened("03:05"), opened("03:07"), '{"note":"end"}']))
+    scan = scan_of(log)
+    assert (scan.first, scan.last, scan.file_ends) == (t("03:05"), t("03:07"), [t("03:07")])
+
+
+def test_stop_record_with_its_event_late_in_the_line_still_ends_the_logs(tmp_path: Path) -> None:
+    log = tmp_path / "masq.log"
+    stop = '{"ts":"2026-11-21T03:20:00Z","level":"info","message":"' + "x" * 80 + '","event":"stop"}'
+    log.write_text(text([rec("03:00", "start"), opened("03:05"), stop]))
+    result = who.who(query(at="03:30", window=900), log, now=t("04:00"))
+    assert result.warnings == ["the logger stopped at 2026-11-21T03:20:00Z and has logged nothing since"]
+    assert [m.end for m in result.matches] == [t("03:20")]
+
+
+def test_record_after_stray_bytes_or_several_torn_lines_is_recovered(tmp_path: Path) -> None:
+    log = tmp_path / "masq.log"
+    torn = '{"ts":"2026-11-21T03:09:59Z","event":"op'
+    log.write_text(text(["x" + opened("03:10"), torn + torn + closed("03:10", "03:20"), opened("03:30")]))
+    scan = scan_of(log)
+    assert [(r.event, r.where) for r in scan.records] == [
+        ("open", "masq.log:1"),
+        ("close", "masq.log:2"),
+        ("open", "masq.log:3"),
+    ]
+    assert scan.malformed == 2
+
+
+def test_records_of_one_instant_keep_their_order(tmp_path: Path) -> None:
+    log = tmp_path / "masq.log"
+    answers = [rec("03:10:01", "ident", **KEY, user=name) for name in ("first", "second", "third")]
+    log.write_text(text([rec("03:00", "start"), opened("03:10"), *answers]))
+    (tmp_path / "masq.log.1").write_text(
+        text([rec("02:00", "start"), rec("02:30", "resync", open=0), rec("02:30", "resync", open=1)])
+    )
+    result = who.who(query(), log)
+    (match,) = result.matches
+    assert match.conn.user == "third"
+    assert match.conn.records[1:] == ["masq.log:3 ident", "masq.log:4 ident", "masq.log:5 ident"]
