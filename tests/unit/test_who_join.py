@@ -325,6 +325,25 @@ def test_restart_bounds_what_its_dump_does_not_list(tmp_path: Path) -> None:
     assert by_id[1002].conn.ended_why.endswith("started at 2026-11-21T03:07:00Z did not list it")
 
 
+def test_first_reason_found_for_the_same_end_is_kept(tmp_path: Path) -> None:
+    # The same address pair is taken again at the very moment of the restart's table dump.
+    result = ask(
+        tmp_path,
+        [
+            rec("03:00", "start"),
+            opened("03:01"),
+            rec("03:05", "start"),
+            opened("03:05:02", OTHER),
+            rec("03:05:02", "resync"),
+        ],
+        at="03:04",
+    )
+    (match,) = [m for m in result.matches if m.conn.data["ct_id"] == 1001]
+    assert match.notes == (
+        "no close logged; ended by 2026-11-21T03:05:02Z, when another connection took the same address pair",
+    )
+
+
 def test_restart_without_its_dump_proves_nothing(tmp_path: Path) -> None:
     result = ask(
         tmp_path,

@@ -56,10 +56,12 @@ def test_at_with_an_offset_is_exact_whatever_the_local_zone(
     assert at.zone is None and at.warning is None
 
 
-def test_at_now_is_given_now_in_utc() -> None:
-    now = datetime(2026, 11, 21, 4, 12, tzinfo=UTC).astimezone(who.UTC)
+def test_at_now_is_given_now_in_utc(local_zone: Callable[[str], None]) -> None:
+    local_zone(NEW_YORK)
+    now = datetime(2026, 11, 21, 4, 12, tzinfo=UTC).astimezone()
     at = parse_at(" NOW ", now=now)
     assert at == At(moment=datetime(2026, 11, 21, 4, 12, tzinfo=UTC), given=" NOW ")
+    assert at.moment.utcoffset() == timedelta(0)
 
 
 @pytest.mark.parametrize(
@@ -77,6 +79,7 @@ def test_at_without_offset_is_local_and_says_which_zone(
     local_zone(zone)
     at = parse_at(text)
     assert at.moment == moment
+    assert at.moment.utcoffset() == timedelta(0)
     assert at.zone == f"local time, {read_as}"
     assert at.warning is None
 
@@ -84,6 +87,7 @@ def test_at_without_offset_is_local_and_says_which_zone(
 def test_ambiguous_local_time_warning_names_both_readings(local_zone: Callable[[str], None]) -> None:
     local_zone(NEW_YORK)
     at = parse_at("2026-11-01 01:30")
+    assert at.zone == "local time, UTC-04:00 (EDT)"  # the reading used
     assert at.warning == (
         "--at '2026-11-01 01:30' is ambiguous or skipped in the local time zone (daylight saving change); "
         "used 2026-11-01T05:30:00Z, the other reading is 2026-11-01T06:30:00Z; give an offset to choose"

@@ -345,3 +345,89 @@ def test_default_window_and_log(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parser.parse_args(["who", "--masq-port", "666"])
     assert "the following arguments are required: --at" in capsys.readouterr().err
+
+
+def test_help_explains_every_option(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse  # noqa: PLC0415
+
+    monkeypatch.setenv("COLUMNS", "100")
+    parser = argparse.ArgumentParser(prog="nattrail")
+    who.register(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    assert "who used a masquerade port at a given time" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        who.main(["--help"])
+    assert " ".join(capsys.readouterr().out.split()) == (
+        "usage: nattrail who [-h] --masq-port PORT [--masq-ip IP] [--remote IP[:PORT]] "
+        "[--proto {tcp,udp,icmp,any}] --at TIME [--window SPAN] [--json] [--log FILE] "
+        "Find the inside host (and ident user) behind a masqueraded connection, from the masquerade "
+        "logger's logs (the current file and every rotated one). "
+        "options: -h, --help show this help message and exit "
+        "--masq-port PORT the router's translated source port, as the remote side saw it "
+        "--masq-ip IP the router's translated source address (default: any) "
+        "--remote IP[:PORT] the remote host (and port) that was contacted "
+        "--proto {tcp,udp,icmp,any} protocol (default: any) "
+        "--at TIME 'YYYY-MM-DD HH:MM[:SS]', optionally with Z or +HH:MM (default zone: local), or 'now' "
+        "--window SPAN how far around --at to look: 90, 90s, 5m, 2h, 1d (default: 5m) "
+        "--json print one JSON object "
+        "--log FILE current log; rotated files next to it are read too (default: /var/log/nattrail/masq.log) "
+        "A time without an offset is this machine's local time zone; give a remote report's time with its "
+        "offset (e.g. '2026-11-21 04:12+01:00') or in UTC with Z."
+    )
+
+
+def test_usage_error_names_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        who.main(["--masq-port", "0", "--at", "now"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: nattrail who [-h] --masq-port PORT")
+    assert (
+        err.splitlines()[-1] == "nattrail who: error: argument --masq-port: not a port: '0'; expected 1-65535"
+    )
+
+
+def test_run_uses_the_given_clock_and_prints_indented_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse  # noqa: PLC0415
+
+    log = write(
+        tmp_path / "masq.log",
+        [rec("2026-11-21T03:00:00Z", "start"), rec("2026-11-21T03:10:00Z", "open", **ALICE6)],
+    )
+    parser = argparse.ArgumentParser(prog="nattrail")
+    who.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["who", "--masq-port", "666", "--at", "2026-11-21 03:10Z", "--json", "--log", str(log)]
+    )
+    assert who.run(args, now=datetime(2026, 11, 21, 3, 30, tzinfo=UTC)) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('{\n  "query": {\n    "masq_port": 666,\n')
+    (match,) = json.loads(out)["matches"]
+    assert match["assumed_end"] == "2026-11-21T03:30:00Z"
+
+
+def test_several_open_at_the_time_are_all_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    second = {**ALICE6, "ct_id": 3004, "client_port": 5354, "server_ip": "2001:db8::54"}
+    log = write(
+        tmp_path / "masq.log",
+        [
+            rec("2026-11-21T03:00:00Z", "start"),
+            rec("2026-11-21T03:10:00Z", "open", **ALICE6, opened="2026-11-21T03:10:00Z"),
+            rec("2026-11-21T03:10:01Z", "ident", **ALICE6, user="alice", ident_error=5, ident_os="UNIX"),
+            rec("2026-11-21T03:10:02Z", "open", **second, opened="2026-11-21T03:10:02Z"),
+            rec("2026-11-21T03:10:03Z", "ident", **second, user=None, ident_error="ERROR:HIDDEN-USER"),
+        ],
+    )
+    status, out, _ = run(capsys, log, "--masq-port", "666", "--at", "2026-11-21 03:11Z")
+    assert status == 0
+    assert out.splitlines()[1] == (
+        "open at 2026-11-21T03:11:00Z: [fd00:77::10]:5354 (ident ERROR:HIDDEN-USER) -> [2001:db8::54]:53; "
+        "[fd00:77::10]:5353 (user alice) -> [2001:db8::53]:53"
+    )
+    status, out, _ = run(capsys, log, "--masq-port", "666", "--at", "2026-11-21 03:11Z", "--json")
+    # An error that is not text is not shown as one.
+    assert [m["ident_error"] for m in json.loads(out)["matches"]] == ["ERROR:HIDDEN-USER", None]
