@@ -25,6 +25,11 @@ OTHER = {**KEY, "ct_id": 1002, "client_ip": "10.77.0.11", "client_port": 40002}
 ELSEWHERE = {**OTHER, "server_port": 23}  # another address pair
 
 
+def pair(port: int) -> dict[str, Any]:
+    """A connection of its own address pair, to server port ``port`` (also its ct_id)."""
+    return {**OTHER, "ct_id": port, "server_port": port}
+
+
 def t(clock: str) -> datetime:
     return datetime.fromisoformat(f"2026-11-21T{clock}+00:00")
 
@@ -150,6 +155,13 @@ def test_ident_before_any_open_is_its_own_connection(tmp_path: Path) -> None:
     assert c.first_seen == t("03:10")
     assert c.records == ["masq.log:2 ident"]
     assert match.notes[0].startswith("start unknown (its open was not logged)")
+
+
+def test_close_after_an_ident_without_open_is_the_same_connection(tmp_path: Path) -> None:
+    result = ask(tmp_path, [rec("03:00", "start"), ident("03:10"), closed("03:09:59", "03:11")])
+    (match,) = result.matches
+    assert match.conn.records == ["masq.log:2 ident", "masq.log:3 close"]
+    assert (match.conn.user, match.conn.opened, match.conn.closed) == ("alice", t("03:09:59"), t("03:11"))
 
 
 def test_ident_goes_to_the_latest_connection_of_the_key(tmp_path: Path) -> None:
@@ -305,18 +317,26 @@ def test_restart_bounds_what_its_dump_does_not_list(tmp_path: Path) -> None:
         tmp_path,
         [
             rec("03:00", "start"),
+            opened("03:00:10", pair(24)),
+            closed("03:00:10", "03:00:20", pair(24)),
             opened("03:01"),
             opened("03:02", ELSEWHERE),
             rec("03:05", "start"),
             resync("03:05:01", "03:02", ELSEWHERE),
             rec("03:05:02", "resync"),
+            opened("03:06", pair(25)),
             rec("03:07", "start"),
+            opened("03:07", pair(26)),  # opened as the logger started: after it, in the dump or not
+            resync("03:07", "03:06", pair(25)),  # listed at the very moment of the start
             rec("03:07:01", "resync"),
         ],
         at="03:04",
         window=600,
     )
     by_id = {m.conn.data["ct_id"]: m for m in result.matches}
+    assert by_id[24].conn.closed == t("03:00:20") and by_id[24].conn.ended_by is None
+    assert by_id[25].conn.ended_by is None
+    assert by_id[26].conn.ended_by is None
     assert by_id[1001].conn.ended_by == t("03:05:02")
     assert by_id[1001].conn.ended_why == (
         "as the table dump after the logger started at 2026-11-21T03:05:00Z did not list it"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,9 @@ def test_blank_lines_and_other_separators(tmp_path: Path) -> None:
     assert (scan.first, scan.last) == (t("03:00"), t("03:20"))
 
 
-def test_timestamps_in_other_zones_and_without_zone(tmp_path: Path) -> None:
+def test_timestamps_in_other_zones_and_without_zone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "EST5")  # the local zone plays no part: the logs are read in UTC
+    time.tzset()
     log = tmp_path / "masq.log"
     log.write_text(
         text(
@@ -182,7 +185,11 @@ def test_timestamps_in_other_zones_and_without_zone(tmp_path: Path) -> None:
             ]
         )
     )
-    scan = scan_of(log)
+    try:
+        scan = scan_of(log)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
     assert [r.ts for r in scan.records] == [t("03:10"), t("03:20")]
     assert all(r.ts.utcoffset() == timedelta(0) for r in scan.records)
 
