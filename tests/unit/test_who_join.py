@@ -514,6 +514,15 @@ def test_restart_on_the_first_line_of_a_file_starts_where_an_older_file_ends(tmp
         "the logger restarted without logging a stop between 2026-11-21T03:05:00Z and 2026-11-21T03:06:00Z: "
         "connections in that time may be missing or incomplete"
     ]
+    # An older file that ends at the very moment of the restart does not say when the gap began.
+    (tmp_path / "masq.log.1").write_text(rec("03:01", "x") + "\n" + rec("03:05", "y") + "\n")
+    result = ask(
+        tmp_path, [rec("03:05", "start"), rec("03:06", "start"), opened("03:07")], at="03:04", window=0
+    )
+    assert result.warnings == [
+        "the logger restarted without logging a stop between 2026-11-21T02:30:00Z and 2026-11-21T03:05:00Z: "
+        "connections in that time may be missing or incomplete"
+    ]
     (tmp_path / "masq.log.1").unlink()
     (tmp_path / "masq.log.2").unlink()
     (tmp_path / "masq.log.1").write_text(rec("03:04", "x") + "\n" + rec("03:06", "x") + "\n")
@@ -528,17 +537,23 @@ def test_restart_on_the_first_line_of_a_file_starts_where_an_older_file_ends(tmp
 def test_gap_warnings_in_time_order(tmp_path: Path) -> None:
     lines = [
         rec("03:00", "start"),
+        rec("03:01", "events_lost", lost=2),
         rec("03:02", "stop"),
         rec("03:03", "start"),
         opened("03:04"),
         rec("03:04:30", "events_lost"),
-        rec("03:01", "events_lost", lost=2),
+        rec("03:04:45", "start"),
     ]
     warnings = ask(tmp_path, lines, at="03:03", window=120).warnings
-    assert [w.split(" (")[0].split(" between")[0] for w in warnings] == [
-        "the kernel dropped 2 connection events",
-        "the logger was not running",
-        "the kernel dropped connection events",
+    tail = ": connections in that time may be missing or incomplete"
+    assert warnings == [
+        "the kernel dropped 2 connection events (masq.log:2) between 2026-11-21T03:00:00Z and "
+        "2026-11-21T03:01:00Z" + tail,
+        "the logger was not running between 2026-11-21T03:02:00Z and 2026-11-21T03:03:00Z" + tail,
+        "the kernel dropped connection events (masq.log:6) between 2026-11-21T03:04:00Z and "
+        "2026-11-21T03:04:30Z" + tail,
+        "the logger restarted without logging a stop between 2026-11-21T03:04:30Z and 2026-11-21T03:04:45Z"
+        + tail,
     ]
 
 

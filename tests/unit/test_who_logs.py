@@ -131,6 +131,18 @@ def test_damaged_xz_keeps_what_was_read(tmp_path: Path) -> None:
     assert problem.endswith("; used what was there")
 
 
+def test_no_readable_file_names_every_problem(tmp_path: Path) -> None:
+    log = tmp_path / "masq.log"
+    (tmp_path / "masq.log.1").write_bytes(b"\x28\xb5\x2f\xfd")
+    with pytest.raises(who.WhoError) as error:
+        who.read_logs(log, query())
+    rotated = tmp_path / "masq.log.1"
+    assert str(error.value) == (
+        f"no log file could be read: {log} does not exist; cannot read {rotated}: {rotated} is "
+        "zstd-compressed, which Python cannot read; decompress it (zstd -d)"
+    )
+
+
 def test_same_file_twice_is_read_once(tmp_path: Path) -> None:
     log = tmp_path / "masq.log"
     log.write_text(text([opened("03:10"), closed("03:10", "03:20")]))
@@ -161,6 +173,9 @@ def test_stop_at_the_same_instant_as_another_record_ends_the_logs(tmp_path: Path
     assert (scan.last, scan.last_event) == (t("03:11"), "stop")
     result = who.who(query(at="03:20", window=600), log, now=t("04:00"))
     assert "the logger stopped at 2026-11-21T03:11:00Z and has logged nothing since" in result.warnings
+    # Written the other way round, the stop still wins.
+    log.write_text(text([opened("03:10"), opened("03:11", {**KEY, "ct_id": 2}), rec("03:11", "stop")]))
+    assert scan_of(log).last_event == "stop"
 
 
 def test_blank_lines_and_other_separators(tmp_path: Path) -> None:
@@ -203,12 +218,13 @@ def test_bad_records_are_counted_once_each(tmp_path: Path) -> None:
         '{"ts":12,"event":"open",' + port + '"x":1}',
         '["not", "a", "record", ' + port + "1]",
         "\xff\xfe " + port,
+        '[{"masq_port":666,"event":"open"}]',
     ]
     log.write_text(text([rec("03:00", "start"), *bad, *bad[3:], opened("03:10")]), encoding="latin-1")
     (tmp_path / "masq.log.1").write_text(text([rec("02:00", "start"), bad[0], bad[3]]), encoding="latin-1")
     result = who.who(query(), log)
     # The same damaged line in two places (a copied log) is one problem; a wrong field is one per line.
-    assert result.problems == ["skipped 6 unparseable log lines"]
+    assert result.problems == ["skipped 7 unparseable log lines"]
     assert len(result.matches) == 1
 
 
@@ -323,7 +339,13 @@ def test_logged_addresses_are_compared_canonically(tmp_path: Path) -> None:
     six = {**KEY, "client_ip": "FD00:77:0::10", "server_ip": "2001:DB8::0:53", "masq_ip": "2001:db8:0::2"}
     log = tmp_path / "masq.log"
     log.write_text(
-        text([opened("03:10", six), closed("03:10", "03:20", six), opened("03:11", {**six, "masq_ip": 7})])
+        text(
+            [
+                opened("03:10", six),
+                closed("03:10", "03:20", six),
+                opened("03:11", {**six, "masq_ip": "router"}),
+            ]
+        )
     )
     result = who.who(query(masq_ip="2001:db8::2", remote_ip="2001:db8::53", remote_port=22), log)
     (match,) = result.matches
@@ -331,7 +353,7 @@ def test_logged_addresses_are_compared_canonically(tmp_path: Path) -> None:
     assert match.conn.records == ["masq.log:1 open", "masq.log:2 close"]
     # An address that is not one is kept as logged.
     result = who.who(query(), log)
-    assert sorted(str(m.conn.data["masq_ip"]) for m in result.matches) == ["2001:db8::2", "7"]
+    assert sorted(str(m.conn.data["masq_ip"]) for m in result.matches) == ["2001:db8::2", "router"]
 
 
 def test_lines_without_a_time_do_not_bound_the_logs(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -97,6 +98,20 @@ def test_ambiguous_local_time_warning_names_both_readings(local_zone: Callable[[
     assert skipped.moment == datetime(2026, 3, 8, 6, 30, tzinfo=UTC)
     assert skipped.warning is not None
     assert "used 2026-03-08T06:30:00Z, the other reading is 2026-03-08T07:30:00Z" in skipped.warning
+
+
+def test_ambiguous_at_warns_with_the_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], local_zone: Callable[[str], None]
+) -> None:
+    local_zone(NEW_YORK)
+    log = tmp_path / "masq.log"
+    log.write_text('{"ts":"2026-11-01T05:00:00Z","level":"info","event":"start"}\n')
+    status = who.main(["--masq-port", "666", "--at", "2026-11-01 01:30", "--log", str(log)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert (
+        "nattrail who: warning: --at '2026-11-01 01:30' is ambiguous or skipped in the local time zone" in err
+    )
 
 
 @pytest.mark.parametrize(
