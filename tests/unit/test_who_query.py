@@ -225,6 +225,10 @@ def test_remote_forms() -> None:
             "[2001:db8::1]443",
             "not IP[:PORT]: '[2001:db8::1]443'; write IPv6 with a port as [2001:db8::1]:443",
         ),
+        (
+            "[2001:db8::1]]:443",
+            "not IP[:PORT]: '[2001:db8::1]]:443'; write IPv6 with a port as [2001:db8::1]:443",
+        ),
         ("[2001:db8::1]:", "not a port: ''; expected 1-65535"),
         ("[2001:db8::1]:0", "not a port: '0'; expected 1-65535"),
         ("203.0.113.10:", "not a port: ''; expected 1-65535"),
