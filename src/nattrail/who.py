@@ -445,7 +445,7 @@ class Scanner:
             self.scan.records.append(Record(ts, event, obj, where, self._seq))
         elif event == "events_lost":
             lost = obj.get("lost")
-            count = f"{lost} " if isinstance(lost, int) else ""
+            count = f"{lost} " if isinstance(lost, int) and not isinstance(lost, bool) else ""
             self.scan.gaps.append(
                 Gap(self._time_of(prev), ts, f"the kernel dropped {count}connection events ({where})")
             )

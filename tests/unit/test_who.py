@@ -708,6 +708,25 @@ def test_events_lost_in_the_window_warns(tmp_path: Path, capsys: pytest.CaptureF
     assert len(json.loads(out)["warnings"]) == 1
 
 
+@pytest.mark.parametrize("lost", [True, "many", None])
+def test_events_lost_without_a_count_says_no_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lost: object
+) -> None:
+    log = write_logs(
+        tmp_path,
+        {
+            "masq.log": [
+                opened("03:10", ALICE),
+                rec(z("03:13"), "events_lost", lost=lost),
+                closed("03:10", "03:20", ALICE),
+            ]
+        },
+    )
+    status, out, _ = run(capsys, log, "--masq-port", "666", "--at", "2026-11-21 03:12Z")
+    assert status == 0
+    assert "warning: the kernel dropped connection events (masq.log:2)" in out, out
+
+
 def test_logger_down_in_the_window_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = write_logs(
         tmp_path,
