@@ -662,3 +662,68 @@ def test_save_file_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         "}\n"
     )
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o644
+
+
+def test_write_atomic_temp_file_is_hidden_next_to_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While the new content is written, the directory holds a dot-file ending in .tmp next to the
+    # target: no glob like "*.json" or "*.nft" (the role's carry-over include) ever picks up a half file.
+    out = tmp_path / "counters.json"
+    seen: list[list[str]] = []
+    real_fsync = os.fsync
+
+    def watching_fsync(fd: int) -> None:
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(accounting.os, "fsync", watching_fsync)
+    accounting.write_atomic(out, "x")
+    temp_names = [name for listing in seen for name in listing if name != "counters.json"]
+    assert temp_names, seen
+    assert all(re.fullmatch(r"\.counters\.json\.[^/]+\.tmp", name) for name in temp_names), temp_names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counters.json"]
+
+
+def test_text_table_rejects_a_row_longer_than_the_header() -> None:
+    with pytest.raises(ValueError, match="zip"):
+        accounting.text_table(("a",), [("x", "extra")])
+
+
+def test_hung_nft_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nft = tmp_path / "nft"
+    nft.write_text("#!/bin/sh\nexec sleep 60\n")
+    nft.chmod(0o755)
+    monkeypatch.setattr(accounting, "NFT_TIMEOUT", 0.2)
+    with pytest.raises(AccountingError) as info:
+        read_counters("inet", "nattrail", nft=str(nft))
+    assert str(info.value) == f"{nft} -j list counters table inet nattrail timed out"
+
+
+def test_a_real_fake_nft_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The default runner against an executable that answers like nft: show and save in-process.
+    doc = nft_doc(counter("acct_0_in", 7, 2048, comment="10.0.0.0/8"))
+    nft = tmp_path / "nft"
+    nft.write_text(f"#!/bin/sh\ncat <<'EOF'\n{doc}\nEOF\n")
+    nft.chmod(0o755)
+    args = cli.build_parser().parse_args(["accounting", "--json"])
+    args.nft = str(nft)
+    assert accounting.show(args) == 0
+    assert json.loads(capsys.readouterr().out)["networks"][0]["in"] == {"packets": 7, "bytes": 2048}
+    out = tmp_path / "saved.json"
+    args = cli.build_parser().parse_args(["accounting", "save", "--output", str(out)])
+    args.nft = str(nft)
+    assert accounting.save(args) == 0
+    assert json.loads(out.read_text())["counters"]["acct_0_in"]["bytes"] == 2048
+
+
+def test_missing_table_asked_with_the_same_nft(tmp_path: Path) -> None:
+    nft = tmp_path / "nft"
+    nft.write_text(
+        '#!/bin/sh\nif [ "$3" = tables ]; then echo \'{"nftables": []}\'; exit 0; fi\n'
+        "echo 'Error: No such file or directory' >&2\nexit 1\n"
+    )
+    nft.chmod(0o755)
+    with pytest.raises(TableMissing):
+        read_counters("inet", "nattrail", nft=str(nft))
+    assert table_exists("inet", "nattrail", nft=str(nft)) is False
