@@ -288,3 +288,65 @@ def test_release_message() -> None:
     with pytest.raises(RuntimeError):
         lim.release()
     assert lim.in_flight == 0
+
+
+# --- reading the line as it trickles in -------------------------------------------------------------------
+
+
+async def read_in_pieces(pieces: list[bytes], max_reply: int = 1000) -> bytes | str:
+    """read_reply_line while ``pieces`` arrive one by one, each after the reader has taken the last."""
+    reader = asyncio.StreamReader()
+    task = asyncio.create_task(ident.read_reply_line(reader, max_reply))
+    for piece in pieces:
+        await asyncio.sleep(0)  # a turn of the loop, not a wait: the reader takes what is there
+        await asyncio.sleep(0)
+        reader.feed_data(piece)
+    await asyncio.sleep(0)
+    reader.feed_eof()
+    return await task
+
+
+@pytest.mark.parametrize(
+    ("pieces", "line"),
+    [
+        ([b"6191,23", b":USERID", b":UNIX:a\r\n"], b"6191,23:USERID:UNIX:a"),
+        ([b"abc", b"\ndef"], b"abc"),
+        ([b"abc\r", b"\n"], b"abc"),
+        ([b"x" * 999, b"\n"], b"x" * 999),
+        ([b"x" * 999, b"y\n"], "oversized"),
+        ([b"ab", b""], "closed"),
+    ],
+)
+def test_read_reply_line_in_pieces(pieces: list[bytes], line: bytes | str) -> None:
+    assert run(read_in_pieces(pieces)) == line
+
+
+def test_any_exception_carrying_econnrefused_is_refused() -> None:
+    odd = type("OddError", (OSError,), {})(errno.ECONNREFUSED, "refused, in other words")
+    assert not isinstance(odd, ConnectionRefusedError)
+    assert ident._connect_error(odd) == "refused"
+
+
+def test_source_port_is_ephemeral() -> None:
+    async def scenario() -> tuple[IdentReply, int]:
+        ports: list[int] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            ports.append(writer.get_extra_info("peername")[1])
+            await reader.readline()
+            writer.write(b"6191,23:USERID:UNIX:a\r\n")
+            await writer.drain()
+            writer.transport.abort()
+
+        server = await asyncio.start_server(handle, LOCALHOST, 0)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            reply = await query(LOCALHOST, CPORT, SPORT, port=port, source=LOCALHOST)
+        finally:
+            server.close()
+            await server.wait_closed()
+        return reply, ports[0]
+
+    reply, source_port = run(scenario())
+    assert reply == IdentReply("a", None, "UNIX")
+    assert source_port >= 1024

@@ -8,7 +8,9 @@ import io
 import json
 import os
 import stat
-from datetime import UTC, datetime
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -300,3 +302,31 @@ def test_records_reach_a_buffered_stream_at_once(tmp_path: Path) -> None:
         assert json.loads(path.read_text())["event"] == "one"
         log.write_lines(["two\n"])
         assert path.read_text().splitlines()[1] == "two"
+
+
+@pytest.fixture
+def far_time_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time zone five and a half hours from UTC."""
+    monkeypatch.setenv("TZ", "IST-5:30")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("far_time_zone")
+def test_timestamps_are_utc_whatever_the_local_time_zone() -> None:
+    aware = datetime(2024, 5, 1, 5, 12, 0, 42, tzinfo=timezone(timedelta(hours=2)))
+    assert utc_timestamp(aware) == "2024-05-01T03:12:00.000042Z"
+    stamp = EpochStamp()
+    before = stamp(time.time_ns())
+    now = utc_timestamp()
+    after = stamp(time.time_ns())
+    assert before <= now <= after
+
+
+def test_epoch_stamp_cache_stays_within_keep() -> None:
+    stamp = EpochStamp()
+    for second in range(3 * EpochStamp.KEEP):
+        assert stamp(second * 10**9) == utc_timestamp(datetime.fromtimestamp(second, UTC))
+        assert len(stamp._formats) <= EpochStamp.KEEP
