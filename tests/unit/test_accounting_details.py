@@ -478,7 +478,7 @@ def test_help_text(capsys: pytest.CaptureFixture[str]) -> None:
     )
     for text in (
         "Show or save the per-network traffic counters of the router's nftables ruleset.",
-        "save save the counters atomically to a JSON file",
+        "positional arguments: ACTION save save the counters atomically to a JSON file",
         "--json print JSON instead of a table",
         "--from FILE read a saved file instead of nft",
         "--family {ip,ip6,inet,arp,bridge,netdev} table family (inet)",
