@@ -477,7 +477,8 @@ def test_help_text(capsys: pytest.CaptureFixture[str]) -> None:
         "usage: nattrail accounting [-h] [--json] [--from FILE] [--family F] [--table T] [save --output FILE]"
     )
     for text in (
-        "Show or save the per-network traffic counters of the router's nftables ruleset.",
+        "[save --output FILE] Show or save the per-network traffic counters of the router's nftables"
+        " ruleset. positional arguments:",
         "positional arguments: ACTION save save the counters atomically to a JSON file",
         "--json print JSON instead of a table",
         "--from FILE read a saved file instead of nft",
