@@ -26,7 +26,7 @@ from nattrail.jsonlog import utc_timestamp
 
 FAMILIES: tuple[str, ...] = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
 COUNTER_NAME = re.compile(r"^acct_(?P<key>\w+?)_(?P<direction>in|out)$")
-IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 OTHER = "other"
 NFT_TIMEOUT = 30.0
 
@@ -330,7 +330,7 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def _identifier(text: str) -> str:
-    if not IDENTIFIER.match(text):
+    if not IDENTIFIER.fullmatch(text):
         raise argparse.ArgumentTypeError(f"not an nftables identifier: {text!r}")
     return text
 

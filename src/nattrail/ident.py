@@ -56,6 +56,7 @@ import errno
 import math
 import os
 import re
+import socket
 import time
 import unicodedata
 from collections import OrderedDict
@@ -156,7 +157,10 @@ def _connect_error(exc: BaseException) -> str:
         return "refused"
     # asyncio's "Connect call failed ('10.1.2.3', 113)" hides the useful part: the errno's meaning.
     code = getattr(exc, "errno", None)
-    reason = sanitise(os.strerror(code) if isinstance(code, int) and code else str(exc), REASON_MAX)
+    if isinstance(exc, socket.gaierror):  # a negative EAI code, which os.strerror does not know
+        reason = sanitise(exc.strerror or str(exc), REASON_MAX)
+    else:
+        reason = sanitise(os.strerror(code) if isinstance(code, int) and code else str(exc), REASON_MAX)
     return f"unreachable: {reason}" if reason else "unreachable"
 
 

@@ -534,7 +534,7 @@ def test_table_names_accepted(table: str) -> None:
     assert cli.build_parser().parse_args(["accounting", "--table", table]).table == table
 
 
-@pytest.mark.parametrize("table", ["", "2abc", "_x", "a b", "a;b", "a\nb"])
+@pytest.mark.parametrize("table", ["", "2abc", "_x", "a b", "a;b", "a\nb", "nattrail\n"])
 def test_table_names_rejected(table: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.build_parser().parse_args(["accounting", "--table", table])

@@ -352,3 +352,12 @@ def test_source_port_is_ephemeral() -> None:
     reply, source_port = run(scenario())
     assert reply == IdentReply("a", None, "UNIX")
     assert source_port >= 1024
+
+
+def test_a_name_that_does_not_resolve_is_reported_by_its_meaning() -> None:
+    """getaddrinfo's errors carry negative EAI codes, which os.strerror does not know."""
+    import socket  # noqa: PLC0415
+
+    assert ident._connect_error(socket.gaierror(-2, "Name or service not known")) == (
+        "unreachable: Name or service not known"
+    )
