@@ -231,6 +231,16 @@ def test_socks_disabled_with_no_ports_is_fine() -> None:
 # -------------------------------------------------------------------------------------- accounting
 
 
+def test_accounting_disabled_without_networks() -> None:
+    assert rules({"accounting_exclude": ["10.77.0.5"]})["accounting"] == {
+        "enabled": False,
+        "counters": [],
+        "in_map": [],
+        "out_map": [],
+        "exclude": ["10.77.0.5/32"],
+    }
+
+
 def test_accounting_names_default_to_the_entry_index() -> None:
     acct = rules(
         {

@@ -202,6 +202,45 @@ CASES: list[tuple[dict, list[str]]] = [
 ]
 
 
+CASES += [
+    (
+        {"socks_redirect": {"enabled": True, "ports": []}},
+        ["socks_redirect, entry ports ([]): redirection is enabled but no port is listed"],
+    ),
+    (
+        {
+            "accounting_networks": [
+                {"network": "10.1.0.0/16", "name": "a"},
+                "bogus",
+                {"network": "10.2.0.0/16", "name": "A"},
+                {"network": "10.3.0.0/16", "name": "a"},
+                "10.1.128.0/17",
+                "nope",
+            ]
+        },
+        [
+            "accounting_networks, entry 1 ('bogus'): expected an IPv4 network in CIDR notation such as "
+            "10.77.0.0/24, or an IPv4 address",
+            "accounting_networks, entry 2 ({'network': '10.2.0.0/16', 'name': 'A'}): counter name 'a' "
+            "already used by entry 0",
+            "accounting_networks, entry 3 ({'network': '10.3.0.0/16', 'name': 'a'}): counter name 'a' "
+            "already used by entry 0",
+            "accounting_networks, entry 5 ('nope'): expected an IPv4 network in CIDR notation such as "
+            "10.77.0.0/24, or an IPv4 address",
+            "accounting_networks, entry 4 ('10.1.128.0/17'): 10.1.128.0/17 overlaps 10.1.0.0/16 of entry 0; "
+            "accounting networks must be disjoint",
+        ],
+    ),
+    (
+        {"accounting_saved": "acct_0_in"},
+        [
+            "accounting_saved, entry value ('acct_0_in'): expected a mapping counter name -> "
+            "{packets, bytes}",
+        ],
+    ),
+]
+
+
 @pytest.mark.parametrize(("config", "expected"), CASES)
 def test_error_lines_are_complete(config: dict, expected: list[str]) -> None:
     assert error_lines(config) == [HEAD + line for line in expected]
