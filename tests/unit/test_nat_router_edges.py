@@ -148,6 +148,13 @@ def test_ports_two_apart_stay_separate() -> None:
     assert result == [{"proto": "tcp", "ports": ["80", "82-84"]}]
 
 
+def test_service_mapping_proto_is_used() -> None:
+    services = rules(
+        {"inbound_services": [{"port": 53, "proto": "udp"}, {"port": "60000-60001", "proto": "UDP"}]}
+    )
+    assert services["input"]["inbound_services"] == [{"proto": "udp", "ports": ["53", "60000-60001"]}]
+
+
 # ---------------------------------------------------------------------------------------------- DNAT
 
 
@@ -281,6 +288,15 @@ def test_accounting_counters_follow_entry_order_and_map_follows_addresses() -> N
         {"key": "10.77.0.0/25", "counter": "acct_2_in"},
         {"key": "10.77.0.128/25", "counter": "acct_0_in"},
         {"key": "10.77.1.0-255.255.255.255", "counter": "acct_other_in"},
+    ]
+
+
+def test_accounting_last_address_alone_goes_to_other() -> None:
+    acct = rules({"accounting_networks": ["255.255.255.254"]})["accounting"]
+    assert acct["in_map"] == [
+        {"key": "0.0.0.0-255.255.255.253", "counter": "acct_other_in"},
+        {"key": "255.255.255.254/32", "counter": "acct_0_in"},
+        {"key": "255.255.255.255", "counter": "acct_other_in"},
     ]
 
 

@@ -241,6 +241,23 @@ CASES += [
 ]
 
 
+CASES += [
+    (
+        {"inbound_services": [{"proto": "udp"}, {"port": True}, {"port": [22]}, {"port": 22, "proto": 6}]},
+        [
+            "inbound_services, entry 0 ({'proto': 'udp'}): a service mapping needs a port (and optionally "
+            "proto: tcp or udp)",
+            "inbound_services, entry 1 ({'port': True}): port must be a number, a range such as "
+            "60000-60010 or a service name",
+            "inbound_services, entry 2 ({'port': [22]}): port must be a number, a range such as "
+            "60000-60010 or a service name",
+            "inbound_services, entry 3 ({'port': 22, 'proto': 6}): port must be a number, a range such as "
+            "60000-60010 or a service name",
+        ],
+    ),
+]
+
+
 @pytest.mark.parametrize(("config", "expected"), CASES)
 def test_error_lines_are_complete(config: dict, expected: list[str]) -> None:
     assert error_lines(config) == [HEAD + line for line in expected]
