@@ -348,3 +348,14 @@ def test_interfaces_filter_reports_undetectable_internal_networks() -> None:
         HEAD + "internal_networks, entry value (None): the internal interfaces ['eth1'] have no IPv4 "
         "network to detect; set nat_router_internal_networks"
     )
+
+
+def test_nested_networks_sharing_a_start_are_each_reported_once() -> None:
+    """The later entry of each overlapping pair carries the error, naming the widest overlapping network."""
+    lines = error_lines({"accounting_networks": ["10.0.0.0/24", "10.0.0.0/8", "10.0.0.0/16"]})
+    assert sorted(lines) == [
+        HEAD + "accounting_networks, entry 1 ('10.0.0.0/8'): 10.0.0.0/8 overlaps 10.0.0.0/24 of entry 0; "
+        "accounting networks must be disjoint",
+        HEAD + "accounting_networks, entry 2 ('10.0.0.0/16'): 10.0.0.0/16 overlaps 10.0.0.0/8 of entry 1; "
+        "accounting networks must be disjoint",
+    ]
