@@ -351,7 +351,7 @@ def test_interfaces_filter_reports_undetectable_internal_networks() -> None:
 
 
 def test_nested_networks_sharing_a_start_are_each_reported_once() -> None:
-    """The later entry of each overlapping pair carries the error, naming the widest overlapping network."""
+    """Nested networks sharing a start: one error per entry after the first, naming an entry it overlaps."""
     lines = error_lines({"accounting_networks": ["10.0.0.0/24", "10.0.0.0/8", "10.0.0.0/16"]})
     assert sorted(lines) == [
         HEAD + "accounting_networks, entry 1 ('10.0.0.0/8'): 10.0.0.0/8 overlaps 10.0.0.0/24 of entry 0; "
