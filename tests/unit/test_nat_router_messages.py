@@ -359,3 +359,23 @@ def test_nested_networks_sharing_a_start_are_each_reported_once() -> None:
         HEAD + "accounting_networks, entry 2 ('10.0.0.0/16'): 10.0.0.0/16 overlaps 10.0.0.0/8 of entry 1; "
         "accounting networks must be disjoint",
     ]
+
+
+def test_missing_interface_facts_are_reported_not_fatal() -> None:
+    facts = make_facts()
+    del facts["interfaces"]
+    assert error_lines({"external_interfaces": ["eth0"]}, facts) == [
+        HEAD + "external_interfaces, entry 0 ('eth0'): no such interface on this host; it has []"
+    ]
+    facts = make_facts()
+    del facts["default_ipv4"]
+    assert error_lines({}, facts) == [
+        HEAD + "external_interfaces, entry value (None): this host has no IPv4 default route to detect the "
+        "external interface from; set nat_router_external_interfaces (a list such as ['eth0'])"
+    ]
+
+
+def test_empty_internal_networks() -> None:
+    assert error_lines({"internal_networks": []}) == [
+        HEAD + "internal_networks, entry value ([]): at least one internal network is needed"
+    ]
