@@ -501,7 +501,6 @@ def test_accounting_counters_maps_and_saved_values() -> None:
             "accounting_exclude": ["10.77.0.5", "10.77.0.4/31"],
             "accounting_saved": {
                 "acct_0_in": {"packets": 5, "bytes": 600, "comment": "10.77.0.0/26"},
-                "acct_gone_in": {"packets": 1, "bytes": 1},
             },
         }
     )["accounting"]
@@ -733,3 +732,18 @@ def test_an_unknown_service_name_says_where_the_names_come_from() -> None:
     assert "unknown service name 'ssh-but-typo'; use a port number or a name of the IANA registry" in str(
         caught.value.message
     )
+
+
+def test_a_saved_value_for_a_counter_that_does_not_exist_is_an_error() -> None:
+    """A typo in nat_router_accounting_saved must not be silently ignored."""
+    config = {
+        "accounting_networks": [{"network": "10.1.0.0/24", "name": "lan"}],
+        "accounting_saved": {"acct_lan_inn": {"packets": 1, "bytes": 2}},
+    }
+    assert errors_of(config) == [
+        "nat_router: host router: variable nat_router_accounting_saved, entry acct_lan_inn ((1, 2)): "
+        "no accounting counter has this name "
+        "(counters: acct_lan_in, acct_lan_out, acct_other_in, acct_other_out)"
+    ]
+    lines = errors_of({"accounting_saved": {"acct_lan_in": {"packets": 1, "bytes": 2}}})
+    assert lines[0].endswith("(counters: none: nat_router_accounting_networks is empty)")

@@ -184,6 +184,7 @@ CASES: list[tuple[dict, list[str]]] = [
     ),
     (
         {
+            "accounting_networks": [{"network": "10.9.0.0/24", "name": "3"}],
             "accounting_saved": {
                 "acct_0_in": {"packets": True, "bytes": 0},
                 "acct_1_in": 5,

@@ -803,6 +803,7 @@ def _accounting(ctx: _Context) -> dict[str, object]:
             "accounting networks must be disjoint",
         )
     if not parsed:
+        _unknown_saved(ctx, saved, set())
         return {"enabled": False, "counters": [], "in_map": [], "out_map": [], "exclude": exclude}
 
     counters = []
@@ -823,7 +824,17 @@ def _accounting(ctx: _Context) -> dict[str, object]:
     for _, network, label in sorted(parsed, key=lambda p: p[0]):
         counters.extend(_counter(f"acct_{label}_{d}", str(network), saved) for d in ("in", "out"))
     counters.extend(_counter(f"acct_other_{d}", "other", saved) for d in ("in", "out"))
+    _unknown_saved(ctx, saved, {str(c["name"]) for c in counters})
     return {"enabled": True, "counters": counters, "in_map": in_map, "out_map": out_map, "exclude": exclude}
+
+
+def _unknown_saved(ctx: _Context, saved: Mapping[str, tuple[int, int]], names: set[str]) -> None:
+    """A start value for a counter the ruleset does not have is a typo, not something to ignore."""
+    for name in sorted(set(saved) - names):
+        known = ", ".join(sorted(names)) or "none: nat_router_accounting_networks is empty"
+        ctx.errors.add(
+            "accounting_saved", name, saved[name], f"no accounting counter has this name (counters: {known})"
+        )
 
 
 def _counter(name: str, comment: str, saved: Mapping[str, tuple[int, int]]) -> dict[str, object]:
