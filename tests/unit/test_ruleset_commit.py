@@ -610,3 +610,98 @@ def test_carry_text_lists_counters_in_name_order() -> None:
         "  counter acct_c_in { packets 2 bytes 20 }",
         "}",
     ]
+
+
+# --- what nft prints, read defensively ---------------------------------------------------------------------
+
+
+def test_set_elements_text_skips_what_it_cannot_carry() -> None:
+    live = {
+        "nftables": [
+            "not an object",
+            {"set": "not an object"},
+            {"table": {"name": "nattrail"}},
+            {
+                "set": {
+                    "name": "blocklist",
+                    "type": "ipv4_addr",
+                    "elem": [
+                        "192.0.2.9",  # no timeout: printed bare
+                        {"elem": {"val": {"prefix": {"addr": "192.0.2.0", "len": 24}}, "expires": 5}},
+                        {"elem": {"val": "192.0.2.10", "expires": "5"}},
+                        {"elem": {"val": "192.0.2.11"}},
+                        {"elem": "192.0.2.12"},
+                        {"elem": {"val": "192.0.2.13", "expires": 1}},
+                    ],
+                }
+            },
+            {"set": {"name": "quiet", "type": "ipv4_addr"}},
+            {
+                "set": {
+                    "name": "second",
+                    "type": "ipv6_addr",
+                    "elem": [{"elem": {"val": "2001:db8::1", "expires": 7}}],
+                }
+            },
+        ]
+    }
+    keep = {"blocklist": "ipv4_addr", "quiet": "ipv4_addr", "second": "ipv6_addr"}
+    text, count = ruleset.set_elements_text(json.dumps(live), "ip", "t", keep)
+    lines = text.splitlines()
+    assert HEADER.match(lines[0]) and lines[0].endswith(": set elements carried over a reload.")
+    assert lines[1:] == [
+        "add element ip t blocklist { 192.0.2.13 timeout 1s }",
+        "add element ip t second { 2001:db8::1 timeout 7s }",
+    ]
+    assert count == 2 and text.endswith("}\n")
+
+
+def test_set_elements_text_with_no_sets_is_only_the_header() -> None:
+    text, count = ruleset.set_elements_text("{}", "inet", "nattrail", {"blocklist": "ipv4_addr"})
+    assert count == 0 and text.count("\n") == 1 and HEADER.match(text)
+
+
+def test_set_elements_text_refuses_what_is_not_nft_json() -> None:
+    with pytest.raises(ruleset.RulesetError) as caught:
+        ruleset.set_elements_text("nft: oops", "inet", "nattrail", {})
+    assert (
+        str(caught.value)
+        == "nft printed invalid JSON for the sets: Expecting value: line 1 column 1 (char 0)"
+    )
+    with pytest.raises(ruleset.RulesetError) as caught:
+        ruleset.set_elements_text("[]", "inet", "nattrail", {})
+    assert str(caught.value) == "nft printed invalid JSON for the sets: 'list' object has no attribute 'get'"
+
+
+def test_declared_timeout_sets_reads_flags_in_any_order(tmp_path: Path) -> None:
+    path = tmp_path / "r.nft"
+    path.write_text(
+        "table inet t {\n"
+        "  set a { type ipv4_addr ; flags interval, timeout ; }\n"
+        "  set b {\n    type ipv6_addr\n    flags timeout,interval\n  }\n"
+        "  set c { type ipv4_addr; flags timeout, dynamic; }\n"
+        "  set d { flags timeout; }\n"
+        "  set e { type ipv4_addr; }\n"
+        "  set f { type ether_addr; flags timeout }\n"
+        "}\n"
+    )
+    assert ruleset.declared_timeout_sets(path) == {"a": "ipv4_addr", "b": "ipv6_addr", "f": "ether_addr"}
+
+
+def test_declared_counters_reads_each_declaration(tmp_path: Path) -> None:
+    path = tmp_path / "r.nft"
+    path.write_text(
+        "table inet t {\n"
+        '  counter a { comment "net a" }\n'
+        "  counter b {\n    packets 1 bytes 2\n  }\n"
+        '  chain c { counter name "a" }\n'
+        "}\n"
+    )
+    assert ruleset.declared_counters(path) == {"a": "net a", "b": None}
+
+
+def test_carry_text_for_no_counters_is_an_empty_table() -> None:
+    text = ruleset.carry_text({}, "inet", "nattrail", {"acct_0_in": None})
+    lines = text.splitlines()
+    assert HEADER.match(lines[0]) and lines[0].endswith(": counters carried over a reload.")
+    assert lines[1:] == ["table inet nattrail {", "}"] and text.endswith("}\n")
