@@ -305,7 +305,7 @@ def test_apply_refuses_a_timeout_with_nothing_to_roll_back_to(tmp_path: Path, sy
     def scenario() -> dict[str, Any]:
         nft("-f", "-", stdin=live_text)
         with pytest.raises(ruleset.RulesetError) as caught:
-            ruleset.apply(p, confirm_timeout=30)
+            ruleset.apply(p, confirm_timeout=1)
         assert str(caught.value) == f"{p.target} does not exist: there would be nothing to roll back to"
         return live_state(p)
 
@@ -542,7 +542,7 @@ def test_cli_apply_rollback_and_carry_print_one_json_record(
         nft("-f", str(p.target))
         outputs = []
         for argv in (
-            cli(tmp_path, "apply", "--confirm-timeout", "30"),
+            cli(tmp_path, "apply", "--confirm-timeout", "1"),
             cli(tmp_path, "carry"),
             cli(tmp_path, "rollback"),
         ):
@@ -558,9 +558,9 @@ def test_cli_apply_rollback_and_carry_print_one_json_record(
     # is the same in both (the other set's is not).
     assert (carried["counters"], carried["elements"]) == (2, 1)
     applied = json.loads(apply_out)
-    assert apply_rc == 0 and applied["event"] == "applied" and applied["rollback_in_s"] == 30
+    assert apply_rc == 0 and applied["event"] == "applied" and applied["rollback_in_s"] == 1
     assert back_rc == 0 and json.loads(back_out)["event"] == "rolled_back"
-    assert systemd.calls()[2][:3] == ["systemd-run", "--unit=nattrail-rollback", "--on-active=30s"]
+    assert systemd.calls()[2][:3] == ["systemd-run", "--unit=nattrail-rollback", "--on-active=1s"]
 
 
 def test_cli_confirm_and_its_errors(
