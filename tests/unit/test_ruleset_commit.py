@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pytest
 from conftest import netns_unavailable
 
-from nattrail import accounting, ruleset
+from nattrail import accounting, carrier, ruleset
 from nattrail.cli import build_parser
 from nattrail.cli import main as cli_main
 
@@ -395,6 +395,7 @@ def test_rollback_reloads_the_confirmed_ruleset_keeping_counters(tmp_path: Path)
 
     record, live = in_private_netns(scenario)
     assert record["event"] == "rolled_back" and record["loaded"] == str(p.target)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT.*Z", str(record["at"]))
     # The live counts (the candidate's, from zero) are kept over the confirmed ruleset's own values;
     # what only the confirmed ruleset declares comes back with its values.
     assert live["counters"]["acct_old_out"] == (7, 700, None)
@@ -508,7 +509,9 @@ def test_cli_defaults_are_the_installed_paths() -> None:
 def test_cli_help_says_what_each_option_does(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli_main(["--help"])
-    assert "apply, confirm or roll back the router's ruleset" in capsys.readouterr().out
+    assert re.search(
+        r"^ +ruleset +apply, confirm or roll back the router's ruleset$", capsys.readouterr().out, re.M
+    )
     with pytest.raises(SystemExit):
         cli_main(["ruleset", "--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -705,3 +708,51 @@ def test_carry_text_for_no_counters_is_an_empty_table() -> None:
     lines = text.splitlines()
     assert HEADER.match(lines[0]) and lines[0].endswith(": counters carried over a reload.")
     assert lines[1:] == ["table inet nattrail {", "}"] and text.endswith("}\n")
+
+
+# --- the proof a confirmation needs ------------------------------------------------------------------
+
+
+def connection(text: str) -> carrier.TcpSocket:
+    remote, local = text.split(" -> ")
+    return carrier.TcpSocket(7, local, remote, carrier.ESTABLISHED)
+
+
+def test_a_confirmation_needs_a_connection_opened_after_the_apply(tmp_path: Path) -> None:
+    p = paths(tmp_path)
+    p.state.mkdir()
+    old, new = "10.77.0.10:40000 -> 10.77.0.2:22", "10.77.0.10:40001 -> 10.77.0.2:22"
+    with pytest.raises(ruleset.RulesetError) as caught:
+        ruleset.new_connection(p, None)
+    assert str(caught.value) == (
+        "this confirmation did not arrive over a network connection to the router (a console, docker exec "
+        "or Ansible's local connection), so it proves nothing about the administrator's path; confirm "
+        "from a host that logs in over SSH (nat_router_confirm_from), or pass --no-proof to confirm by "
+        "hand at the console"
+    )
+    with pytest.raises(ruleset.RulesetError) as caught:
+        ruleset.new_connection(p, connection(new))
+    assert str(caught.value) == (
+        "cannot read the connections recorded at the apply "
+        f"([Errno 2] No such file or directory: '{p.baseline}')"
+    )
+    p.baseline.write_text("{")
+    with pytest.raises(ruleset.RulesetError) as caught:
+        ruleset.new_connection(p, connection(new))
+    assert str(caught.value) == (
+        "cannot read the connections recorded at the apply "
+        "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"
+    )
+    p.baseline.write_text(json.dumps({"applied": "2026-12-01T10:00:00Z", "connections": [old]}))
+    assert ruleset.new_connection(p, connection(new)) == new
+    with pytest.raises(ruleset.RulesetError) as caught:
+        ruleset.new_connection(p, connection(old))
+    assert str(caught.value) == (
+        f"this confirmation came over {old}, a connection that was already open when the ruleset was "
+        "applied at 2026-12-01T10:00:00Z (a multiplexed SSH connection, such as a ControlMaster): it "
+        "proves nothing about new connections. Close it, or turn SSH multiplexing off for the router, "
+        "and confirm over a new connection"
+    )
+    # An apply record without connections (none were open): any connection is new.
+    p.baseline.write_text(json.dumps({"applied": "2026-12-01T10:00:00Z"}))
+    assert ruleset.new_connection(p, connection(old)) == old
