@@ -235,6 +235,7 @@ def test_build_config_keeps_each_type_and_checks_every_number() -> None:
     assert config.rcvbuf == 4096 and type(config.rcvbuf) is int
     assert (config.syslog, config.log) == (True, "x")
     assert masqlog.build_config({"ident_port": 65535}).ident_port == 65535
+    assert masqlog.build_config({"rcvbuf": 100_000}).rcvbuf == 100_000  # only a port stops at 65535
     assert masqlog.build_config({}) == Config()
     bad = {
         "ident_timeout": ("1", "ident_timeout: expected a number, got '1'"),
@@ -563,3 +564,86 @@ def test_a_socket_error_other_than_an_overrun_is_raised_after_flushing() -> None
             daemon.read_events(10)
     assert [r["event"] for r in records(stream)] == ["open"]
     assert logger.stats.overruns == 0
+
+
+# --- when connections are looked up again -------------------------------------------------------------------
+
+
+def test_a_connection_is_due_exactly_when_its_time_comes() -> None:
+    logger, _ = make_logger(reap_interval=2.0)
+    logger.monotonic = lambda: 100.0
+    tcp_new = events()[0]
+    logger.handle(tcp_new)
+    key = (tcp_new.ct_id, tcp_new.orig)
+    logger.first_checks.clear()
+    logger.recheck(key, 105.0)
+    assert logger.due(104.999) == []
+    assert logger.due(105.0) == [key]
+    logger.check_again([key])  # the next pass: reap_interval from now
+    assert logger.due(101.999) == []
+    assert logger.due(102.0) == [key]
+    logger.recheck((1, tcp_new.orig), 1.0)  # not tracked: never queued
+    assert logger.due(1000.0) == []
+
+
+def test_a_live_connection_is_looked_up_again_when_conntrack_says_it_expires() -> None:
+    tcp_new = events()[0]
+
+    async def scenario() -> list[tuple[float, list[int | None]]]:
+        now = [100.0]
+        logger, _ = make_logger()
+        logger.monotonic = lambda: now[0]
+        asked: list[tuple[float, list[int | None]]] = []
+        answers = [[5, 100], [None], [None]]
+
+        def lookup(keys: list[Any]) -> list[int | None]:
+            asked.append((now[0], [ct_id for ct_id, _ in keys]))
+            return answers.pop(0)
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            daemon = masqlog.Daemon(logger, sock, list, reaping=masqlog.Reaping(lookup=lookup))
+            logger.handle(tcp_new)
+            logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 1))
+            for at in (110.0, 115.999, 116.0, 139.999, 140.0):
+                now[0] = at
+                await daemon.reap()
+        return asked
+
+    ct_id = tcp_new.ct_id
+    # 5 s left: asked again a second after they end; 100 s left: asked again after RECHECK_MAX (30 s).
+    assert asyncio.run(scenario()) == [(110.0, [ct_id, ct_id + 1]), (116.0, [ct_id]), (140.0, [ct_id + 1])]
+
+
+def test_resyncs_and_the_closes_they_find_are_counted() -> None:
+    logger, stream = make_logger()
+    tcp_new = events()[0]
+    logger.handle(tcp_new)
+    logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 1))
+    logger.resync([])
+    logger.resync([])
+    logger.flush()
+    assert (logger.stats.resyncs, logger.stats.closes) == (2, 2)
+    lost = [r for r in records(stream) if r["event"] == "close"]
+    assert len(lost) == 2
+    for record in lost:
+        assert record["lost"] is True and record["closed"] == "2026-11-21T03:12:00.000000Z"
+        assert record["opened"] == "2026-11-21T03:12:00.000000Z"
+        assert {
+            k: record[k] for k in ("duration", "orig_packets", "orig_bytes", "reply_packets", "reply_bytes")
+        } == (dict.fromkeys(("duration", "orig_packets", "orig_bytes", "reply_packets", "reply_bytes")))
+
+
+def test_kernel_settings_that_cannot_be_read_are_left_out(tmp_path: Path) -> None:
+    (tmp_path / "nf_conntrack_tcp_timeout_close").write_text("1\n")
+    (tmp_path / "nf_conntrack_tcp_timeout_established").mkdir()  # unreadable
+    (tmp_path / "nf_conntrack_tcp_timeout_max_retrans").write_text("many\n")
+    assert masqlog.shortest_timeout(("tcp",), tmp_path) == 1.0
+    (tmp_path / "nf_conntrack_tcp_timeout_close").write_text("0\n")
+    assert masqlog.shortest_timeout(("tcp",), tmp_path) == 10.0
+    for buckets, threshold in ((1000, 15), (64, 1), (10, 1)):
+        (tmp_path / "nf_conntrack_buckets").write_text(f"{buckets}\n")
+        assert masqlog.walk_threshold(tmp_path) == threshold
+        assert type(masqlog.walk_threshold(tmp_path)) is int
+    assert masqlog.walk_threshold(tmp_path / "absent") == 4096
+    (tmp_path / "nf_conntrack_buckets").write_text("lots\n")
+    assert masqlog.walk_threshold(tmp_path) == 4096
