@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import gc
 import io
 import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -647,3 +649,38 @@ def test_kernel_settings_that_cannot_be_read_are_left_out(tmp_path: Path) -> Non
     assert masqlog.walk_threshold(tmp_path / "absent") == 4096
     (tmp_path / "nf_conntrack_buckets").write_text("lots\n")
     assert masqlog.walk_threshold(tmp_path) == 4096
+
+
+def test_the_command_runs_the_daemon_until_told_to_stop(tmp_path: Path) -> None:
+    """`nattrail masqlog --config FILE` in-process: the daemon's records carry its name, SIGTERM
+    stops it with status 0, and the log is closed behind it."""
+    path = tmp_path / "masq.log"
+    config = tmp_path / "masqlog.json"
+    config.write_text(json.dumps({"log": str(path), "ident": False, "protocols": ["udp"]}))
+    started = threading.Event()
+
+    def stop_once_started() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if any(r["event"] == "resync" for r in read_log(path)):
+                started.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            started.wait(0.01)
+
+    thresholds = gc.get_threshold()
+    watcher = threading.Thread(target=stop_once_started)
+    try:
+        with private_netns():
+            watcher.start()
+            status = cli_main(["masqlog", "--config", str(config)])
+    finally:
+        watcher.join()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+    assert started.is_set()
+    assert status == 0
+    logged = read_log(path)
+    assert [r["event"] for r in logged] == ["start", "resync", "stop"]
+    assert {r["daemon"] for r in logged} == {"masqlog"}
+    assert logged[0]["protocols"] == ["udp"] and logged[0]["ident"] is False
