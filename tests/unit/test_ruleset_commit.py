@@ -231,7 +231,10 @@ def test_carry_writes_the_files_the_ruleset_includes(tmp_path: Path) -> None:
     left = int(re.findall(r"timeout (\d+)s", elements[1])[0])
     assert 3000 < left <= 3600
     # Every accounting counter counted so far is saved, the one the candidate drops included.
-    saved = json.loads((p.state / "accounting.json").read_text())
+    saved_text = (p.state / "accounting.json").read_text()
+    saved = json.loads(saved_text)
+    # Laid out as `nattrail accounting save` writes the same file.
+    assert saved_text == json.dumps(saved, indent=2) + "\n"
     assert saved["table"] == "inet nattrail"
     assert saved["counters"] == {
         "acct_0_in": {"packets": 5, "bytes": 500, "comment": "10.77.0.0/24"},
