@@ -72,6 +72,20 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
+def snat_to_127_0_0_2() -> None:
+    """In the private namespace: connections to 127.0.0.3 leave as 127.0.0.2, source-NATed as a
+    masquerade makes them; conntrack's CLOSE timeout, its shortest, is 1 s."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    Path("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close").write_text("1\n")
+    subprocess.run(
+        ["nft", "-f", "-"],
+        input="table ip t {\n  chain post {\n    type nat hook postrouting priority 100;\n"
+        "    ip daddr 127.0.0.3 snat to 127.0.0.2\n  }\n}\n",
+        text=True,
+        check=True,
+    )
+
+
 def test_the_daemon_logs_signals_timers_and_stops_cleanly(tmp_path: Path) -> None:
     path = tmp_path / "masq.log"
     rotated = tmp_path / "masq.log.1"
@@ -113,6 +127,7 @@ def test_the_daemon_logs_signals_timers_and_stops_cleanly(tmp_path: Path) -> Non
         path.rename(rotated)
         os.kill(os.getpid(), signal.SIGHUP)
         await until(lambda: any(r["event"] == "reopened" for r in read_log(path)), "the reopen")
+        await loop.run_in_executor(None, connect)  # skipped, and stopped before the next report
         os.kill(os.getpid(), signal.SIGTERM)
         status = await daemon
         server.close()
@@ -120,15 +135,7 @@ def test_the_daemon_logs_signals_timers_and_stops_cleanly(tmp_path: Path) -> Non
         return status
 
     with private_netns():
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-        Path("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close").write_text("1\n")
-        subprocess.run(
-            ["nft", "-f", "-"],
-            input="table ip t {\n  chain post {\n    type nat hook postrouting priority 100;\n"
-            "    ip daddr 127.0.0.3 snat to 127.0.0.2\n  }\n}\n",
-            text=True,
-            check=True,
-        )
+        snat_to_127_0_0_2()
         status = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert status == 0
     logged = everything()
@@ -145,20 +152,19 @@ def test_the_daemon_logs_signals_timers_and_stops_cleanly(tmp_path: Path) -> Non
     assert not any(r["event"] == "rcvbuf_capped" for r in logged)
     assert logged[1]["event"] == "resync" and logged[1]["open"] == 0
     opens = [r for r in logged if r["event"] == "open"]
-    assert len(opens) == 2 and {r["masq_ip"] for r in opens} == {"127.0.0.2"}
-    assert opens[1]["ident_error"] == "skipped:rate"
+    assert len(opens) == 3 and {r["masq_ip"] for r in opens} == {"127.0.0.2"}
+    assert opens[1]["ident_error"] == opens[2]["ident_error"] == "skipped:rate"
     assert [r["ident_error"] for r in logged if r["event"] == "ident"] == ["refused"]
     skips = next(r for r in logged if r["event"] == "ident_skips")
     assert (skips["level"], skips["rate"], skips["concurrency"]) == ("warning", 1, 0)
     assert next(r for r in read_log(path) if r["event"] == "reopened")["path"] == str(path)
     stop = logged[-1]
     assert stop["event"] == "stop"
-    assert (stop["opens"], stop["ident_skipped"], stop["idents_answered"], stop["ident_errors"]) == (
-        2,
-        1,
-        0,
-        1,
-    )
+    counts = (stop["opens"], stop["ident_skipped"], stop["idents_answered"], stop["ident_errors"])
+    assert counts == (3, 2, 0, 1)
+    # Every skip is reported by the time the daemon stops, the last ones by the stop itself.
+    reported = [r for r in logged if r["event"] == "ident_skips"]
+    assert sum(r["rate"] + r["concurrency"] for r in reported) == 2
     assert stop["resyncs"] == 1 and stop["ident_in_flight"] == 0
     # The signal handlers are gone with the daemon.
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
