@@ -102,9 +102,6 @@ def test_the_daemon_logs_signals_timers_and_stops_cleanly(tmp_path: Path) -> Non
         rcvbuf=1 << 20,
     )
 
-    def everything() -> list[dict[str, Any]]:
-        return read_log(rotated) + read_log(path)
-
     async def scenario() -> int:
         log = JsonLog(config.log, fields={"daemon": "masqlog"})
         daemon = asyncio.create_task(masqlog.run(config, log=log))
@@ -138,7 +135,10 @@ def test_the_daemon_logs_signals_timers_and_stops_cleanly(tmp_path: Path) -> Non
         snat_to_127_0_0_2()
         status = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert status == 0
-    logged = everything()
+    check_daemon_records(read_log(rotated) + read_log(path), read_log(path), str(path))
+
+
+def check_daemon_records(logged: list[dict[str, Any]], current: list[dict[str, Any]], path: str) -> None:
     start = logged[0]
     assert start["event"] == "start" and start["daemon"] == "masqlog"
     assert {k: start[k] for k in ("version", "protocols", "ident", "rcvbuf", "first_check")} == {
@@ -157,7 +157,7 @@ def test_the_daemon_logs_signals_timers_and_stops_cleanly(tmp_path: Path) -> Non
     assert [r["ident_error"] for r in logged if r["event"] == "ident"] == ["refused"]
     skips = next(r for r in logged if r["event"] == "ident_skips")
     assert (skips["level"], skips["rate"], skips["concurrency"]) == ("warning", 1, 0)
-    assert next(r for r in read_log(path) if r["event"] == "reopened")["path"] == str(path)
+    assert next(r for r in current if r["event"] == "reopened")["path"] == path
     stop = logged[-1]
     assert stop["event"] == "stop"
     counts = (stop["opens"], stop["ident_skipped"], stop["idents_answered"], stop["ident_errors"])
@@ -167,8 +167,8 @@ def test_the_daemon_logs_signals_timers_and_stops_cleanly(tmp_path: Path) -> Non
     assert sum(r["rate"] + r["concurrency"] for r in reported) == 2
     assert stop["resyncs"] == 1 and stop["ident_in_flight"] == 0
     # The signal handlers are gone with the daemon.
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
-        assert signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler)
+    restored = (signal.SIG_DFL, signal.default_int_handler)
+    assert all(signal.getsignal(s) in restored for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1))
 
 
 # --- the command line ------------------------------------------------------------------------------------
