@@ -336,7 +336,12 @@ def test_flush_copies_each_line_to_the_syslog_sink() -> None:
 
 
 def test_ident_answers_and_errors_are_counted_and_logged() -> None:
-    replies = [ident.IdentReply("alice", None, "UNIX"), ident.IdentReply(None, "timeout")]
+    replies = [
+        ident.IdentReply("alice", None, "UNIX"),
+        ident.IdentReply(None, "timeout"),
+        ident.IdentReply("bob", None),
+        ident.IdentReply(None, "refused"),
+    ]
     asked: list[tuple[Any, ...]] = []
 
     async def query(*args: Any, **kwargs: Any) -> ident.IdentReply:
@@ -349,7 +354,8 @@ def test_ident_answers_and_errors_are_counted_and_logged() -> None:
         logger = MasqLogger(config, JsonLog(stream=stream), query=query, clock_ns=lambda: NOW_NS)
         tcp_new = events()[0]
         logger.handle(tcp_new)
-        logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 1))
+        for n in (1, 2, 3):
+            logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + n))
         in_flight = logger.limiter.in_flight
         await asyncio.gather(*logger.tasks)
         logger.flush()
@@ -357,18 +363,20 @@ def test_ident_answers_and_errors_are_counted_and_logged() -> None:
 
     logged, stats, in_flight = asyncio.run(scenario())
     tcp_new = events()[0]
-    assert in_flight == 2
+    assert in_flight == 4
     assert (
         asked
-        == [(tcp_new.orig.src, tcp_new.orig.sport, tcp_new.orig.dport, {"timeout": 3.5, "port": 1113})] * 2
+        == [(tcp_new.orig.src, tcp_new.orig.sport, tcp_new.orig.dport, {"timeout": 3.5, "port": 1113})] * 4
     )
     idents = [r for r in logged if r["event"] == "ident"]
     assert [(r["user"], r["ident_error"], r.get("ident_os")) for r in idents] == [
         ("alice", None, "UNIX"),
         (None, "timeout", None),
+        ("bob", None, None),
+        (None, "refused", None),
     ]
     assert idents[0]["client_port"] == tcp_new.orig.sport and idents[0]["ct_id"] == tcp_new.ct_id
-    assert (stats.idents_answered, stats.ident_errors) == (1, 1)
+    assert (stats.idents_answered, stats.ident_errors) == (2, 2)
 
 
 def test_a_failed_ident_query_still_frees_its_slot() -> None:
@@ -690,3 +698,50 @@ def test_the_command_runs_the_daemon_until_told_to_stop(tmp_path: Path) -> None:
     assert [r["event"] for r in logged] == ["start", "resync", "stop"]
     assert {r["daemon"] for r in logged} == {"masqlog"}
     assert logged[0]["protocols"] == ["udp"] and logged[0]["ident"] is False
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+@contextlib.contextmanager
+def without_net_admin() -> Iterator[None]:
+    """This thread without CAP_NET_ADMIN in its effective set (kept permitted, so it comes back)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    if libc.capget(ctypes.byref(header), data) != 0 or not data[0].effective & (1 << 12):
+        pytest.skip("!!! CAP_NET_ADMIN NOT HELD HERE: the refusal path is not checked !!!")
+    effective = data[0].effective
+    data[0].effective = effective & ~(1 << 12)  # CAP_NET_ADMIN
+    assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+    try:
+        yield
+    finally:
+        data[0].effective = effective
+        if libc.capset(ctypes.byref(header), data) != 0:
+            raise SystemExit(f"cannot restore CAP_NET_ADMIN: errno {ctypes.get_errno()}")
+
+
+def test_the_command_says_it_needs_cap_net_admin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    thresholds = gc.get_threshold()
+    try:
+        with without_net_admin():
+            status = cli_main(["masqlog", "--log", str(tmp_path / "masq.log")])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+    assert status == 1
+    captured = capsys.readouterr()
+    assert (
+        captured.err
+        == "nattrail masqlog: conntrack events need CAP_NET_ADMIN: [Errno 1] Operation not permitted\n"
+    )
+    assert captured.out == ""
