@@ -17,6 +17,7 @@ import gc
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,7 +36,7 @@ from nattrail import __version__, ident, masqlog
 from nattrail.cli import build_parser
 from nattrail.cli import main as cli_main
 from nattrail.ctnetlink import Conntrack
-from nattrail.jsonlog import JsonLog
+from nattrail.jsonlog import EpochStamp, JsonLog
 from nattrail.masqlog import Config, MasqLogger
 
 CLONE_NEWNET = 0x40000000
@@ -181,14 +182,16 @@ def test_cli_options_and_their_defaults(capsys: pytest.CaptureFixture[str]) -> N
     assert (args.config, args.log, args.check) == ("c.json", "x.log", True)
     with pytest.raises(SystemExit):
         cli_main(["--help"])
-    assert "log masqueraded connections and their users (daemon)" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert re.search(r"^ +masqlog +log masqueraded connections and their users \(daemon\)$", listing, re.M)
     with pytest.raises(SystemExit):
         cli_main(["masqlog", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "log every masqueraded connection, with the user behind it." in text
-    assert "JSON settings file (keys as in docs/masq_logger.md)" in text
-    assert "log file (overrides the config file; default /var/log/nattrail/masq.log)" in text
-    assert "validate the configuration and exit" in text
+    assert "log every masqueraded connection, with the user behind it. options:" in text
+    assert text.endswith(
+        "--config CONFIG JSON settings file (keys as in docs/masq_logger.md) --log LOG log file (overrides "
+        "the config file; default /var/log/nattrail/masq.log) --check validate the configuration and exit"
+    )
 
 
 def test_cli_check_prints_the_whole_configuration(capsys: pytest.CaptureFixture[str]) -> None:
@@ -745,3 +748,50 @@ def test_the_command_says_it_needs_cap_net_admin(tmp_path: Path, capsys: pytest.
         == "nattrail masqlog: conntrack events need CAP_NET_ADMIN: [Errno 1] Operation not permitted\n"
     )
     assert captured.out == ""
+
+
+def test_closes_of_connections_never_seen_opening() -> None:
+    """A DESTROY for a connection opened before the daemon knew of it (or past max_tracked) is still
+    written in full, from what the event itself holds."""
+    logger, stream = make_logger()
+    tcp_end = events()[2]
+    logger.handle(tcp_end)  # with the kernel's timestamps and counters
+    logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 1, start_ns=None, stop_ns=None, counters_orig=None))
+    logger.flush()
+    full, bare = records(stream)
+    fields = masqlog.connection_fields(tcp_end)
+    assert fields.items() <= full.items()
+    assert full["opened"] == EpochStamp()(tcp_end.start_ns) and full["closed"] == EpochStamp()(
+        tcp_end.stop_ns
+    )
+    assert full["orig_bytes"] == tcp_end.counters_orig.bytes
+    assert {**fields, "ct_id": tcp_end.ct_id + 1}.items() <= bare.items()
+    assert (bare["opened"], bare["duration"], bare["orig_packets"], bare["orig_bytes"]) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert bare["closed"] == "2026-11-21T03:12:00.000000Z"  # when we heard of it
+    assert bare["reply_bytes"] == tcp_end.counters_reply.bytes
+    assert logger.stats.closes == 2
+
+
+def test_closes_are_counted_and_timed_by_our_clock_without_kernel_timestamps() -> None:
+    logger, stream = make_logger()
+    now = [100.0]
+    logger.monotonic = lambda: now[0]
+    tcp_new, _icmp, tcp_end = events()[:3]
+    for n in (0, 1, 2, 3):
+        logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + n))
+    now[0] = 100.1234567
+    logger.handle(tcp_end._replace(ct_id=tcp_new.ct_id, start_ns=None, stop_ns=None))
+    logger.handle(tcp_end._replace(ct_id=tcp_new.ct_id + 1, start_ns=None, stop_ns=None))
+    logger.handle(tcp_end._replace(ct_id=tcp_new.ct_id + 2))  # with the kernel's: the fast path
+    logger.handle(tcp_end._replace(ct_id=tcp_new.ct_id + 3))
+    logger.flush()
+    closes = [r for r in records(stream) if r["event"] == "close"]
+    assert [r["duration"] for r in closes[:2]] == [0.123457, 0.123457]  # to the microsecond
+    assert closes[0]["opened"] == "2026-11-21T03:12:00.000000Z"  # when we saw it open
+    assert [r["duration"] for r in closes[2:]] == [masqlog._seconds(tcp_end.stop_ns - tcp_end.start_ns)] * 2
+    assert logger.stats.closes == 4 and logger.tracked == {}
