@@ -518,9 +518,10 @@ def test_cli_help_says_what_each_option_does(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit):
         cli_main(["ruleset", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "seconds; 0 applies without rollback" in text
-    assert (
-        "confirm without proving that a new connection reached the router (by hand, at the console)" in text
+    assert "{apply,confirm,rollback,carry}" in text
+    assert text.endswith(
+        "--confirm-timeout CONFIRM_TIMEOUT seconds; 0 applies without rollback --no-proof confirm without "
+        "proving that a new connection reached the router (by hand, at the console)"
     )
 
 
