@@ -206,9 +206,32 @@ def rollback_pending() -> bool:
     return run(["systemctl", "is-active", "--quiet", f"{ROLLBACK_UNIT}.timer"]).returncode == 0
 
 
+def _carry_files(paths: Paths) -> dict[Path, bytes | None]:
+    return {
+        p: p.read_bytes() if p.exists() else None
+        for p in (paths.carry_file, paths.carry_sets_file, paths.counters_json)
+    }
+
+
+def _put_back(saved: dict[Path, bytes | None]) -> None:
+    for path, content in saved.items():
+        if content is None:
+            path.unlink(missing_ok=True)
+        else:
+            accounting.write_atomic(path, content.decode("utf-8"))
+
+
 def apply(paths: Paths, confirm_timeout: int) -> dict[str, object]:
-    nft_load(paths.candidate, check_only=True)
+    # The candidate includes the carry files, so it is checked with the carry it will be loaded with:
+    # the files the loaded ruleset left may name sets the candidate no longer has, or with another type.
+    before = _carry_files(paths)
     carried = carry(paths, paths.candidate)
+    try:
+        nft_load(paths.candidate, check_only=True)
+    except RulesetError:
+        # A refused candidate leaves the carry of the ruleset still loaded, which the next boot needs.
+        _put_back(before)
+        raise
     if confirm_timeout > 0 and not paths.target.exists():
         raise RulesetError(f"{paths.target} does not exist: there would be nothing to roll back to")
     nft_load(paths.candidate)

@@ -190,7 +190,7 @@ CASES: list[tuple[dict, list[str]]] = [
                 "acct_1_in": 5,
                 "acct_2_in": {"packets": 2**64, "bytes": 1},
                 "acct_3_in": {"packets": 2**64 - 1, "bytes": 0},
-            }
+            },
         },
         [
             "accounting_saved, entry acct_0_in ({'packets': True, 'bytes': 0}): expected {packets: N, "

@@ -340,7 +340,40 @@ def test_a_candidate_nft_rejects_is_neither_carried_nor_loaded(tmp_path: Path) -
 
     live = in_private_netns(scenario)
     assert live["counters"]["acct_0_in"] == (5, 500, "10.77.0.0/24")
-    assert not p.state.exists()
+    # The carry files are what they were (none): the next boot loads the confirmed ruleset with them.
+    assert not [f for f in (p.carry_file, p.carry_sets_file, p.counters_json) if f.exists()]
+
+
+def test_a_candidate_nft_rejects_leaves_the_previous_carry_files_as_they_were(tmp_path: Path) -> None:
+    p = prepare(tmp_path)
+
+    def scenario() -> tuple[dict[Path, bytes], dict[Path, bytes]]:
+        nft("-f", str(p.target))
+        ruleset.carry(p, p.target)
+        before = {f: f.read_bytes() for f in (p.carry_file, p.carry_sets_file, p.counters_json)}
+        p.candidate.write_text("table inet nattrail {\n  chain c { bogus }\n}\n")
+        with pytest.raises(ruleset.RulesetError):
+            ruleset.apply(p, confirm_timeout=0)
+        return before, {f: f.read_bytes() for f in before}
+
+    before, after = in_private_netns(scenario)
+    assert after == before
+
+
+def test_apply_after_a_carry_checks_the_candidate_with_its_own_carry(tmp_path: Path) -> None:
+    """The carry files of the loaded ruleset hold an element of \"retyped\" as ipv4_addr; the candidate
+    retypes the set. Checked against those stale files, nft refused the candidate (mutation testing
+    found it): the carry must be written for the candidate before the check."""
+    p = prepare(tmp_path)
+
+    def scenario() -> dict[str, object]:
+        nft("-f", str(p.target))
+        ruleset.carry(p, p.target)
+        return ruleset.apply(p, confirm_timeout=0)
+
+    record = in_private_netns(scenario)
+    assert record["event"] == "applied"
+    assert p.target.read_text() == p.candidate.read_text()
 
 
 def test_nft_load_checks_only_when_asked(tmp_path: Path) -> None:
