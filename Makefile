@@ -90,4 +90,4 @@ test: lint unit molecule
 	lab/test-summary.py tests/allowed-skips.txt $(STATE)/junit-unit.xml $(STATE)/junit-molecule.xml
 
 clean: lab-down
-	rm -rf $(VENV) $(STATE)
+	rm -rf $(VENV) $(STATE) mutants .build
