@@ -9,27 +9,18 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from who_data import KEY, NEW_YORK
 
 from nattrail import who
 from nattrail.who import At, Query, parse_at, parse_remote, parse_window
 
-ALICE = {
-    "proto": "tcp",
-    "ct_id": 1001,
-    "client_ip": "10.77.0.10",
-    "client_port": 40001,
-    "server_ip": "203.0.113.10",
-    "server_port": 22,
-    "masq_ip": "203.0.113.2",
-    "masq_port": 666,
-}
+ALICE = KEY
 
 
 def conn(**changes: Any) -> dict[str, Any]:
@@ -104,21 +95,6 @@ def run(capsys: pytest.CaptureFixture[str], log: Path, *argv: str) -> tuple[int,
 def blocks(out: str) -> list[str]:
     """The per-connection blocks of the human output (after the header)."""
     return out.split("\n\n")[1:]
-
-
-@pytest.fixture
-def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
-    def set_zone(zone: str) -> None:
-        monkeypatch.setenv("TZ", zone)
-        time.tzset()
-
-    yield set_zone
-    monkeypatch.undo()
-    time.tzset()
-
-
-# POSIX rule, so the test needs no tzdata: UTC-5, daylight saving (UTC-4) from March to 1 November 2026.
-NEW_YORK = "EST5EDT,M3.2.0,M11.1.0"
 
 
 # --- the mission --------------------------------------------------------------------------------------

@@ -8,19 +8,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from who_data import KEY
+
 from nattrail import who
 from nattrail.who import At, Query
 
-KEY = {
-    "proto": "tcp",
-    "ct_id": 1001,
-    "client_ip": "10.77.0.10",
-    "client_port": 40001,
-    "server_ip": "203.0.113.10",
-    "server_port": 22,
-    "masq_ip": "203.0.113.2",
-    "masq_port": 666,
-}
 OTHER = {**KEY, "ct_id": 1002, "client_ip": "10.77.0.11", "client_port": 40002}
 ELSEWHERE = {**OTHER, "server_port": 23}  # another address pair
 

@@ -12,20 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from who_data import KEY
 
 from nattrail import who
 from nattrail.who import At, Query
-
-KEY = {
-    "proto": "tcp",
-    "ct_id": 1001,
-    "client_ip": "10.77.0.10",
-    "client_port": 40001,
-    "server_ip": "203.0.113.10",
-    "server_port": 22,
-    "masq_ip": "203.0.113.2",
-    "masq_port": 666,
-}
 
 
 def t(clock: str) -> datetime:

@@ -3,30 +3,16 @@ messages a user sees when it is malformed."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from who_data import NEW_YORK
 
 from nattrail import who
 from nattrail.who import At, Query, parse_at, parse_port, parse_remote, parse_window
 
-
-@pytest.fixture
-def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
-    def set_zone(zone: str) -> None:
-        monkeypatch.setenv("TZ", zone)
-        time.tzset()
-
-    yield set_zone
-    monkeypatch.undo()
-    time.tzset()
-
-
-# POSIX rules, so the tests need no tzdata.
-NEW_YORK = "EST5EDT,M3.2.0,M11.1.0"
 NEWFOUNDLAND = "NST3:30NDT,M3.2.0,M11.1.0"
 INDIA = "IST-5:30"
 
