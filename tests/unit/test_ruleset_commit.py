@@ -261,39 +261,32 @@ def test_apply_with_a_timeout_schedules_the_rollback_and_keeps_the_target(
     p = prepare(tmp_path)
     target_before = p.target.read_text()
 
-    def scenario() -> tuple[dict[str, object], dict[str, Any]]:
+    def scenario() -> tuple[dict[str, object], dict[str, Any], dict[str, Any]]:
         nft("-f", str(p.target))
-        return ruleset.apply(p, confirm_timeout=45), live_state(p)
+        record, live = ruleset.apply(p, confirm_timeout=45), live_state(p)
+        # What the timer would run when it fires: it must put the confirmed ruleset back.
+        command = systemd.calls()[-1][4:]
+        env = {**os.environ, "PYTHONPATH": str(Path(ruleset.__file__).parents[1])}
+        subprocess.run(command, check=True, capture_output=True, env=env)
+        return record, live, live_state(p)
 
-    record, live = in_private_netns(scenario)
+    record, live, rolled_back = in_private_netns(scenario)
     assert record["event"] == "applied" and record["rollback_in_s"] == 45
     assert (record["counters_carried"], record["elements_carried"]) == (2, 1)
     assert "acct_1_in" in live["counters"]  # loaded
     assert p.target.read_text() == target_before  # not installed until confirmed
     unit = ["nattrail-rollback.timer", "nattrail-rollback.service"]
-    assert systemd.calls() == [
-        ["systemctl", "stop", *unit],
-        ["systemctl", "reset-failed", *unit],
-        [
-            "systemd-run",
-            "--unit=nattrail-rollback",
-            "--on-active=45s",
-            "--timer-property=AccuracySec=1s",
-            sys.executable,
-            "-m",
-            "nattrail",
-            "ruleset",
-            "rollback",
-            "--target",
-            str(p.target),
-            "--state-dir",
-            str(p.state),
-            "--family",
-            "inet",
-            "--table",
-            "nattrail",
-        ],
+    assert systemd.calls()[:2] == [["systemctl", "stop", *unit], ["systemctl", "reset-failed", *unit]]
+    scheduled = systemd.calls()[2]
+    assert scheduled[:4] == [
+        "systemd-run",
+        "--unit=nattrail-rollback",
+        "--on-active=45s",
+        "--timer-property=AccuracySec=1s",
     ]
+    # Run, the scheduled command restored the confirmed ruleset: its counter set, with the live values.
+    assert "acct_1_in" not in rolled_back["counters"]
+    assert rolled_back["counters"]["acct_0_in"][:2] == live["counters"]["acct_0_in"][:2]
     baseline = json.loads((p.state / "confirm-baseline.json").read_text())
     assert baseline["applied"] == record["at"]
     assert isinstance(baseline["connections"], list)
