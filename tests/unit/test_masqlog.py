@@ -719,15 +719,9 @@ async def netns_scenario(tmp: Path) -> dict[str, Any]:
     }
 
 
-def netns_driver(tmp: Path) -> None:
-    """Runs inside ``unshare --net``: SNAT and sysctls here never touch the host."""
-    refuse_outside_private_netns()
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    for name, value in (("nf_conntrack_acct", 1), ("nf_conntrack_timestamp", 1),
-                        ("nf_conntrack_tcp_timeout_close", 1)):  # fmt: skip
-        Path(f"/proc/sys/net/netfilter/{name}").write_text(f"{value}\n")
-    # Source NAT on loopback: connections to 127.0.0.3 leave as 127.0.0.2, so conntrack marks them
-    # source-NATed exactly as a masquerade on a router does.
+def snat_loopback() -> None:
+    """Source NAT on loopback: connections to 127.0.0.3 leave as 127.0.0.2, so conntrack marks them
+    source-NATed exactly as a masquerade on a router does. Only inside a private namespace."""
     subprocess.run(
         ["nft", "-f", "-"],
         input="table ip t {\n  chain post {\n    type nat hook postrouting priority 100;\n"
@@ -735,6 +729,16 @@ def netns_driver(tmp: Path) -> None:
         text=True,
         check=True,
     )
+
+
+def netns_driver(tmp: Path) -> None:
+    """Runs inside ``unshare --net``: SNAT and sysctls here never touch the host."""
+    refuse_outside_private_netns()
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for name, value in (("nf_conntrack_acct", 1), ("nf_conntrack_timestamp", 1),
+                        ("nf_conntrack_tcp_timeout_close", 1)):  # fmt: skip
+        Path(f"/proc/sys/net/netfilter/{name}").write_text(f"{value}\n")
+    snat_loopback()
     report = asyncio.run(asyncio.wait_for(netns_scenario(tmp), 90))
     print(json.dumps(report))
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 from conftest import netns_unavailable
-from test_masqlog import NOW_NS, datagram_of, events, make_logger, records
+from test_masqlog import NOW_NS, datagram_of, events, make_logger, records, snat_loopback
 
 from nattrail import __version__, ident, masqlog
 from nattrail.cli import build_parser
@@ -78,13 +78,7 @@ def snat_to_127_0_0_2() -> None:
     masquerade makes them; conntrack's CLOSE timeout, its shortest, is 1 s."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     Path("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close").write_text("1\n")
-    subprocess.run(
-        ["nft", "-f", "-"],
-        input="table ip t {\n  chain post {\n    type nat hook postrouting priority 100;\n"
-        "    ip daddr 127.0.0.3 snat to 127.0.0.2\n  }\n}\n",
-        text=True,
-        check=True,
-    )
+    snat_loopback()
 
 
 def test_the_daemon_logs_signals_timers_and_stops_cleanly(tmp_path: Path) -> None:
