@@ -36,7 +36,7 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from nattrail import __version__, ctnetlink, ident, mmsg
+from nattrail import __version__, ctnetlink, ident, mmsg, names
 from nattrail.ctnetlink import Conntrack, DecodeError
 from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat, encode_basestring
 
@@ -68,7 +68,7 @@ class ConfigError(ValueError):
 class Config:
     """The daemon's settings; every key may appear in the JSON configuration file."""
 
-    log: str = "/var/log/nattrail/masq.log"
+    log: str = names.MASQ_LOG
     protocols: tuple[str, ...] = ("tcp",)
     ident: bool = True
     ident_timeout: float = 5.0

@@ -12,3 +12,11 @@ FAMILY = "inet"
 TABLE = "nattrail"
 # Every counter whose name starts so counts one reason a packet was dropped or rejected (`nattrail drops`).
 DROP_PREFIX = "drop_"
+
+# Where the package's daemons keep their logs and settings unless the roles say otherwise (the nattrail
+# role's nattrail_log_dir and nattrail_config_dir have these defaults).
+LOG_DIR = "/var/log/nattrail"
+CONFIG_DIR = "/etc/nattrail"
+MASQ_LOG = f"{LOG_DIR}/masq.log"
+# The masquerade logger's settings: `nattrail who` reads the log path from them.
+MASQLOG_CONFIG = f"{CONFIG_DIR}/masqlog.json"

@@ -27,9 +27,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from nattrail import names
 from nattrail.accounting import human_bytes
 
-DEFAULT_LOG = "/var/log/nattrail/masq.log"
+DEFAULT_LOG = names.MASQ_LOG
+
+
+def default_log(settings: Path = Path(names.MASQLOG_CONFIG)) -> str:
+    """Where the masquerade logger writes, as its settings file says (a router whose nattrail_log_dir
+    is elsewhere); the daemon's default when the file is missing or says nothing usable."""
+    try:
+        log = json.loads(settings.read_text(encoding="utf-8")).get("log")
+    except (OSError, ValueError, AttributeError):
+        return DEFAULT_LOG
+    return log if isinstance(log, str) and log else DEFAULT_LOG
+
+
 PROTOS: tuple[str, ...] = ("tcp", "udp", "icmp", "any")
 CONNECTION_EVENTS: frozenset[str] = frozenset({"open", "ident", "close"})
 # Known events this command has no use for; anything else is counted as unknown.
@@ -1017,9 +1030,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--log",
-        default=DEFAULT_LOG,
+        default=None,
         metavar="FILE",
-        help=f"current log; rotated files next to it are read too (default: {DEFAULT_LOG})",
+        help=f"current log; rotated files next to it are read too (default: the log {names.MASQLOG_CONFIG} "
+        f"names, else {DEFAULT_LOG})",
     )
     parser.set_defaults(func=run)
 
@@ -1044,7 +1058,7 @@ def _say(message: str) -> None:
 def run(args: argparse.Namespace, now: datetime | None = None) -> int:
     query = _query(args)
     try:
-        result = who(query, Path(args.log), now)
+        result = who(query, Path(args.log or default_log()), now)
     except WhoError as exc:
         _say(f"error: {exc}")
         return 2

@@ -761,3 +761,14 @@ def test_truncated_gzip_keeps_what_was_read(tmp_path: Path, capsys: pytest.Captu
     assert status == 0
     assert "log: masq.log.1.gz:1 open, masq.log:1 close" in out
     assert "masq.log.1.gz ends early (still being compressed?)" in err
+
+
+def test_the_default_log_is_the_one_the_loggers_settings_name(tmp_path: Path) -> None:
+    """A router whose nattrail_log_dir is elsewhere: `nattrail who` follows masq_logger's settings."""
+    settings = tmp_path / "masqlog.json"
+    assert who.default_log(settings) == "/var/log/nattrail/masq.log"  # no settings file
+    settings.write_text('{"log": "/srv/logs/masq.log", "protocols": ["tcp"]}')
+    assert who.default_log(settings) == "/srv/logs/masq.log"
+    for broken in ("not json", '["a list"]', '{"log": ""}', '{"log": 5}'):
+        settings.write_text(broken)
+        assert who.default_log(settings) == "/var/log/nattrail/masq.log", broken

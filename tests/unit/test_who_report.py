@@ -323,7 +323,7 @@ def test_default_window_and_log(capsys: pytest.CaptureFixture[str]) -> None:
     who.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["who", "--masq-port", "666", "--at", "2026-11-21 03:12Z"])
     assert args.window == timedelta(minutes=5)
-    assert args.log == "/var/log/nattrail/masq.log"
+    assert args.log is None  # resolved at run time from the logger's settings (default_log)
     assert (args.proto, args.json, args.remote, args.masq_ip) == ("any", False, None, None)
     with pytest.raises(SystemExit):
         parser.parse_args(["who", "--help"])
@@ -337,7 +337,7 @@ def test_default_window_and_log(capsys: pytest.CaptureFixture[str]) -> None:
         "--log FILE",
         "{tcp,udp,icmp,any}",
         "(default: 5m)",
-        "(default: /var/log/nattrail/masq.log)",
+        "(default: the log /etc/nattrail/masqlog.json names, else /var/log/nattrail/masq.log)",
     ):
         assert phrase in help_text
     with pytest.raises(SystemExit):
@@ -374,7 +374,8 @@ def test_help_explains_every_option(
         "--at TIME 'YYYY-MM-DD HH:MM[:SS]', optionally with Z or +HH:MM (default zone: local), or 'now' "
         "--window SPAN how far around --at to look: 90, 90s, 5m, 2h, 1d (default: 5m) "
         "--json print one JSON object "
-        "--log FILE current log; rotated files next to it are read too (default: /var/log/nattrail/masq.log) "
+        "--log FILE current log; rotated files next to it are read too (default: the log "
+        "/etc/nattrail/masqlog.json names, else /var/log/nattrail/masq.log) "
         "A time without an offset is this machine's local time zone; give a remote report's time with its "
         "offset (e.g. '2026-11-21 04:12+01:00') or in UTC with Z."
     )
