@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from test_ctnetlink import captured
 
 from nattrail import ctnetlink, masqlog
-from nattrail.ctnetlink import Conntrack, Counters, Tuple
+from nattrail.ctnetlink import IPS_SRC_NAT, Conntrack, Counters, Tuple
 from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat
 from nattrail.masqlog import Config, ConfigError, MasqLogger, build_config
 
@@ -104,7 +104,16 @@ def test_only_configured_protocols_and_only_source_nat() -> None:
     logged = records(stream)
     assert {r["proto"] for r in logged} == {"tcp", "udp", "icmp"}
     icmp = next(r for r in logged if r["proto"] == "icmp")
-    assert icmp["client_port"] is None and icmp["icmp_type"] == 8
+    # A ping's record names it by its ICMP fields, the masquerader's id included (captured echo request).
+    assert {k: icmp[k] for k in ("client_port", "icmp_type", "icmp_code", "icmp_id", "masq_icmp_id")} == {
+        "client_port": None,
+        "icmp_type": 8,
+        "icmp_code": 0,
+        "icmp_id": 54720,
+        "masq_icmp_id": 54720,
+    }
+    # Events of connections that are not source-NATed are counted as ignored, one each.
+    assert logger.stats.ignored == sum(1 for ct in events() if not ct.status & IPS_SRC_NAT)
     # The dump holds the client's SSH session to the router itself: not source-NATed, never logged.
     assert all(r["server_ip"] != "10.77.0.2" for r in logged)
 
