@@ -24,6 +24,8 @@ GROUPS: dict[str, tuple[float, tuple[str, ...]]] = {
 }
 KILLED = {1, 3, 24, -24, 36, 152, 255}
 SURVIVED = {0, 5, 33}  # survived, or no test reaches it
+# Anything else that ran (e.g. -15: the test run was ended by SIGTERM, mutmut's "suspicious") counts as a
+# survivor too: the score never gives credit for an outcome it cannot name.
 
 
 def module_counts(meta: Path) -> tuple[Counter[str], list[str]]:
@@ -34,11 +36,11 @@ def module_counts(meta: Path) -> tuple[Counter[str], list[str]]:
     for name, code in data["exit_code_by_key"].items():
         if code in KILLED:
             counts["killed"] += 1
-        elif code in SURVIVED:
+        elif code is None:
+            counts["unchecked"] += 1
+        else:
             counts["survived"] += 1
             survivors.append(name)
-        else:
-            counts["unchecked"] += 1
     return counts, survivors
 
 
