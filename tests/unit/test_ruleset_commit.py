@@ -419,7 +419,7 @@ def test_rollback_reloads_the_confirmed_ruleset_keeping_counters(tmp_path: Path)
 
     def scenario() -> tuple[dict[str, object], dict[str, Any]]:
         nft("-f", str(p.candidate))
-        nft("add", "element", "inet", "nattrail", "blocklist", "{ 192.0.2.1 timeout 1h }")
+        nft("add", "element", "inet", "nattrail", "blocklist", "{ 198.51.100.1 timeout 1h }")
         return ruleset.rollback(p), live_state(p)
 
     record, live = in_private_netns(scenario)
@@ -430,7 +430,7 @@ def test_rollback_reloads_the_confirmed_ruleset_keeping_counters(tmp_path: Path)
     assert live["counters"]["acct_old_out"] == (7, 700, None)
     assert live["counters"]["acct_0_in"][:2] == (0, 0)
     assert "acct_1_in" not in live["counters"]
-    assert "192.0.2.1" in live["elements"]["blocklist"]
+    assert "198.51.100.1" in live["elements"]["blocklist"]
     assert set(json.loads(p.counters_json.read_text())["counters"]) == {"acct_0_in", "acct_1_in"}
 
 
@@ -659,12 +659,12 @@ def test_set_elements_text_skips_what_it_cannot_carry() -> None:
                     "name": "blocklist",
                     "type": "ipv4_addr",
                     "elem": [
-                        "192.0.2.9",  # no timeout: printed bare
-                        {"elem": {"val": {"prefix": {"addr": "192.0.2.0", "len": 24}}, "expires": 5}},
-                        {"elem": {"val": "192.0.2.10", "expires": "5"}},
-                        {"elem": {"val": "192.0.2.11"}},
-                        {"elem": "192.0.2.12"},
-                        {"elem": {"val": "192.0.2.13", "expires": 1}},
+                        "198.51.100.9",  # no timeout: printed bare
+                        {"elem": {"val": {"prefix": {"addr": "198.51.100.0", "len": 24}}, "expires": 5}},
+                        {"elem": {"val": "198.51.100.10", "expires": "5"}},
+                        {"elem": {"val": "198.51.100.11"}},
+                        {"elem": "198.51.100.12"},
+                        {"elem": {"val": "198.51.100.13", "expires": 1}},
                     ],
                 }
             },
@@ -683,7 +683,7 @@ def test_set_elements_text_skips_what_it_cannot_carry() -> None:
     lines = text.splitlines()
     assert HEADER.match(lines[0]) and lines[0].endswith(": set elements carried over a reload.")
     assert lines[1:] == [
-        "add element ip t blocklist { 192.0.2.13 timeout 1s }",
+        "add element ip t blocklist { 198.51.100.13 timeout 1s }",
         "add element ip t second { 2001:db8::1 timeout 7s }",
     ]
     assert count == 2 and text.endswith("}\n")
