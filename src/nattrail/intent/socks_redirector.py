@@ -59,7 +59,12 @@ def socks_redirector_settings(
             "max_connections", config.get("max_connections"), int, 1, strict=False
         )
     except ConfigError as exc:
-        errors.add("max_connections", "value", config.get("max_connections"), str(exc).split(": ", 1)[1])
+        errors.add(
+            "max_connections",
+            "value",
+            config.get("max_connections"),
+            str(exc).removeprefix("max_connections: "),
+        )
     username, password = config.get("username") or "", config.get("password") or ""
     if bool(username) != bool(password):
         errors.add("username", "value", username, "a username and a password go together (RFC 1929)")
