@@ -353,81 +353,98 @@ def _parse(text: str) -> dict[str, tuple[tuple[int, str], ...]]:
 
 NETBASE: dict[str, tuple[tuple[int, str], ...]] = _parse(_NETBASE_TEXT)
 
-CURATED: dict[str, tuple[tuple[int, str], ...]] = {
-    "ftp-data": ((20, "tcp"),),
-    "ftp": ((21, "tcp"),),
-    "ssh": ((22, "tcp"),),
-    "telnet": ((23, "tcp"),),
-    "smtp": ((25, "tcp"),),
-    "domain": ((53, "udp"), (53, "tcp")),
-    "dns": ((53, "udp"), (53, "tcp")),
-    "bootps": ((67, "udp"),),
-    "dhcp": ((67, "udp"),),
-    "bootpc": ((68, "udp"),),
-    "tftp": ((69, "udp"),),
-    "gopher": ((70, "tcp"),),
-    "finger": ((79, "tcp"),),
-    "http": ((80, "tcp"),),
-    "www": ((80, "tcp"),),
-    "kerberos": ((88, "tcp"), (88, "udp")),
-    "pop3": ((110, "tcp"),),
-    "sunrpc": ((111, "tcp"), (111, "udp")),
-    "ident": ((113, "tcp"),),
-    "auth": ((113, "tcp"),),
-    "nntp": ((119, "tcp"),),
-    "ntp": ((123, "udp"),),
-    "netbios-ns": ((137, "udp"),),
-    "netbios-dgm": ((138, "udp"),),
-    "netbios-ssn": ((139, "tcp"),),
-    "imap": ((143, "tcp"),),
-    "imap2": ((143, "tcp"),),
-    "snmp": ((161, "udp"),),
-    "snmp-trap": ((162, "udp"),),
-    "bgp": ((179, "tcp"),),
-    "irc": ((194, "tcp"),),
-    "ldap": ((389, "tcp"),),
-    "https": ((443, "tcp"),),
-    "microsoft-ds": ((445, "tcp"),),
-    "smtps": ((465, "tcp"),),
-    "submissions": ((465, "tcp"),),
-    "isakmp": ((500, "udp"),),
-    "login": ((513, "tcp"),),
-    "who": ((513, "udp"),),
-    "shell": ((514, "tcp"),),
-    "syslog": ((514, "udp"),),
-    "printer": ((515, "tcp"),),
-    "route": ((520, "udp"),),
-    "submission": ((587, "tcp"),),
-    "ldaps": ((636, "tcp"),),
-    "rsync": ((873, "tcp"),),
-    "imaps": ((993, "tcp"),),
-    "pop3s": ((995, "tcp"),),
-    "socks": ((1080, "tcp"),),
-    "openvpn": ((1194, "udp"),),
-    "ms-sql-s": ((1433, "tcp"),),
-    "l2tp": ((1701, "udp"),),
-    "pptp": ((1723, "tcp"),),
-    "radius": ((1812, "udp"),),
-    "radius-acct": ((1813, "udp"),),
-    "nfs": ((2049, "tcp"), (2049, "udp")),
-    "squid": ((3128, "tcp"),),
-    "mysql": ((3306, "tcp"),),
-    "ms-wbt-server": ((3389, "tcp"),),
-    "rdp": ((3389, "tcp"),),
-    "sieve": ((4190, "tcp"),),
-    "ipsec-nat-t": ((4500, "udp"),),
-    "ipsec": ((500, "udp"), (4500, "udp")),
-    "sip": ((5060, "udp"), (5060, "tcp")),
-    "xmpp-client": ((5222, "tcp"),),
-    "mdns": ((5353, "udp"),),
-    "postgresql": ((5432, "tcp"),),
-    "vnc": ((5900, "tcp"),),
-    "x11": ((6000, "tcp"),),
-    "ircd": ((6667, "tcp"),),
-    "http-alt": ((8080, "tcp"),),
-    "wireguard": ((51820, "udp"),),
-    # In IANA's registry, no longer in netbase 6.4.
-    "ircs": ((994, "tcp"),),
-}
+# name port/proto..., every port and protocol the name stands for, in this order; a name here replaces
+# netbase's entry for it.
+_CURATED_TEXT = """
+ftp-data 20/tcp
+ftp 21/tcp
+ssh 22/tcp
+telnet 23/tcp
+smtp 25/tcp
+domain 53/udp 53/tcp
+dns 53/udp 53/tcp
+bootps 67/udp
+dhcp 67/udp
+bootpc 68/udp
+tftp 69/udp
+gopher 70/tcp
+finger 79/tcp
+http 80/tcp
+www 80/tcp
+kerberos 88/tcp 88/udp
+pop3 110/tcp
+sunrpc 111/tcp 111/udp
+ident 113/tcp
+auth 113/tcp
+nntp 119/tcp
+ntp 123/udp
+netbios-ns 137/udp
+netbios-dgm 138/udp
+netbios-ssn 139/tcp
+imap 143/tcp
+imap2 143/tcp
+snmp 161/udp
+snmp-trap 162/udp
+bgp 179/tcp
+irc 194/tcp
+ldap 389/tcp
+https 443/tcp
+microsoft-ds 445/tcp
+smtps 465/tcp
+submissions 465/tcp
+isakmp 500/udp
+login 513/tcp
+who 513/udp
+shell 514/tcp
+syslog 514/udp
+printer 515/tcp
+route 520/udp
+submission 587/tcp
+ldaps 636/tcp
+rsync 873/tcp
+imaps 993/tcp
+pop3s 995/tcp
+socks 1080/tcp
+openvpn 1194/udp
+ms-sql-s 1433/tcp
+l2tp 1701/udp
+pptp 1723/tcp
+radius 1812/udp
+radius-acct 1813/udp
+nfs 2049/tcp 2049/udp
+squid 3128/tcp
+mysql 3306/tcp
+ms-wbt-server 3389/tcp
+rdp 3389/tcp
+sieve 4190/tcp
+ipsec-nat-t 4500/udp
+ipsec 500/udp 4500/udp
+sip 5060/udp 5060/tcp
+xmpp-client 5222/tcp
+mdns 5353/udp
+postgresql 5432/tcp
+vnc 5900/tcp
+x11 6000/tcp
+ircd 6667/tcp
+http-alt 8080/tcp
+wireguard 51820/udp
+# In IANA's registry, no longer in netbase 6.4.
+ircs 994/tcp
+"""
+
+
+def _parse_curated(text: str) -> dict[str, tuple[tuple[int, str], ...]]:
+    table: dict[str, tuple[tuple[int, str], ...]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, *ports = line.split()
+        table[name] = tuple(
+            (int(port), proto) for port, _, proto in (entry.partition("/") for entry in ports)
+        )
+    return table
+
+
+CURATED: dict[str, tuple[tuple[int, str], ...]] = _parse_curated(_CURATED_TEXT)
 
 SERVICES: dict[str, tuple[tuple[int, str], ...]] = {**NETBASE, **CURATED}
