@@ -19,6 +19,8 @@ from typing import Any
 import jinja2
 import pytest
 
+from nattrail.accounting import Counter, network_rows
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "roles" / "nat_router" / "templates" / "ruleset.nft.j2"
 
@@ -217,3 +219,10 @@ def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None
     yield set_zone
     monkeypatch.undo()
     time.tzset()
+
+
+def networks_in_order(networks: str) -> str:
+    """The order `nattrail accounting` shows the given networks (space-separated) in, one inbound
+    counter each, as a space-separated string."""
+    counters = [Counter(f"acct_n{index}_in", 0, 0, network) for index, network in enumerate(networks.split())]
+    return " ".join(row.network for row in network_rows(counters))

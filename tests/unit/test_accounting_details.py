@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from conftest import networks_in_order
 
 from nattrail import accounting, cli
 from nattrail.accounting import (
@@ -231,28 +232,11 @@ def test_other_goes_last_by_key_or_by_comment() -> None:
 
 
 def test_sort_by_address_then_prefix_then_text() -> None:
-    rows = network_rows(
-        [
-            Counter("acct_a_in", 0, 0, "10.0.0.1/8"),  # not strict: the same network as 10.0.0.0/8
-            Counter("acct_b_in", 0, 0, "10.0.0.0/8"),
-            Counter("acct_c_in", 0, 0, "9.255.255.0/24"),
-            Counter("acct_d_in", 0, 0, "10.0.0.0/7"),
-            Counter("acct_e_in", 0, 0, "b-net"),
-            Counter("acct_f_in", 0, 0, "a-net"),
-            Counter("acct_g_in", 0, 0, "::1/128"),
-            Counter("acct_h_in", 0, 0, "::/128"),
-        ]
+    # 10.0.0.1/8 is not strict: the same network as 10.0.0.0/8, after it.
+    given = "10.0.0.1/8 10.0.0.0/8 9.255.255.0/24 10.0.0.0/7 b-net a-net ::1/128 ::/128"
+    assert networks_in_order(given) == (
+        "9.255.255.0/24 10.0.0.0/7 10.0.0.0/8 10.0.0.1/8 ::/128 ::1/128 a-net b-net"
     )
-    assert [r.network for r in rows] == [
-        "9.255.255.0/24",
-        "10.0.0.0/7",
-        "10.0.0.0/8",
-        "10.0.0.1/8",
-        "::/128",
-        "::1/128",
-        "a-net",
-        "b-net",
-    ]
 
 
 # --- presentation -----------------------------------------------------------------------------------------
