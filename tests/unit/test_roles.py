@@ -1,7 +1,7 @@
 """The shape every role and play shares, so that a new role adds its checks in one obvious place:
 ``tasks/check.yml`` (the role's whole input checked, nothing changed), a ``check`` entry point in its
-argument specs identical to ``main``, ``main.yml`` starting with the check, and every play checking all
-its roles before the first of them changes a host."""
+argument specs identical to ``main``, ``main.yml`` starting with the check, and site.yml checking every
+role of every host before the first of them changes any host."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import yaml
 from conftest import REPO
 
 ROLES = sorted(p.name for p in (REPO / "roles").iterdir() if (p / "tasks" / "main.yml").exists())
-PLAYBOOKS = sorted((REPO / "playbooks").glob("*.yml"))
 CHANGING = (
     "ansible.builtin.copy",
     "ansible.builtin.template",
@@ -51,15 +50,40 @@ def test_the_check_changes_nothing_and_main_starts_with_it(role: str) -> None:
     )
 
 
-@pytest.mark.parametrize("playbook", PLAYBOOKS, ids=lambda p: p.name)
-def test_every_play_checks_all_its_roles_first_in_order(playbook: Path) -> None:
-    for play in load(playbook):
-        roles = [entry["role"] if isinstance(entry, dict) else entry for entry in play.get("roles", [])]
-        if not roles:
-            continue
-        first = (play.get("pre_tasks") or [{}])[0]
-        include = first.get("ansible.builtin.include_role", {})
-        assert include.get("tasks_from") == "check" and first.get("loop") == roles, (
-            f"{playbook.name}, play {play['name']!r}: the first pre-task must include_role tasks_from: check "
-            f"with loop: {roles}"
-        )
+def site_plays() -> list[dict]:
+    return load(REPO / "site.yml")  # type: ignore[return-value]
+
+
+def included_roles(task: dict) -> tuple[dict, str]:
+    include = task.get("ansible.builtin.include_role", {})
+    return include, task.get("loop", "")
+
+
+# What both plays loop over: the roles of the host's groups, computed once in the shared vars.
+ROLES_OF_HOST = "{{ site_roles_of_host }}"
+
+
+def test_site_checks_every_host_before_any_host_changes() -> None:
+    check, configure = site_plays()
+    assert check["hosts"] == configure["hosts"], "both plays must cover the same hosts"
+    assert check.get("strategy", "linear") in {"linear", "ansible.builtin.linear"}, (
+        "the check play must finish on every host before the configure play starts"
+    )
+    first = check["tasks"][0]
+    include, loop = included_roles(first)
+    assert include.get("tasks_from") == "check" and include.get("public") is True, first
+    assert loop == ROLES_OF_HOST, first
+    assert all(
+        task.get("ansible.builtin.include_role", {}).get("tasks_from") == "check" for task in check["tasks"]
+    ), "the check play does nothing but the roles' checks"
+
+
+def test_site_configures_each_host_with_its_groups_roles_in_order() -> None:
+    check, configure = site_plays()
+    assert check["vars"] is configure["vars"], "both plays must read one site_roles (a YAML anchor)"
+    (task,) = configure["tasks"]
+    include, loop = included_roles(task)
+    assert include.get("tasks_from", "main") == "main" and include.get("public") is True, task
+    assert loop == ROLES_OF_HOST, task
+    listed = {role for roles in configure["vars"]["site_roles"].values() for role in roles}
+    assert listed == set(ROLES), f"site_roles must give every role to a group: {set(ROLES) ^ listed}"

@@ -29,18 +29,26 @@ INVENTORY = os.environ.get("NATTRAIL_LAB_INVENTORY") or str(PROJECT / "inventory
 PLAYBOOK = os.environ.get("NATTRAIL_LAB_PLAYBOOK") or str(PROJECT / "site.yml")
 
 
-def converge(*extra: str) -> subprocess.CompletedProcess[str]:
-    """Run the playbook against the lab as an administrator would, with plain-text output: Molecule
-    turns colour on for everything it starts (ANSIBLE_FORCE_COLOR), and the checks read this text."""
+def _playbook(*extra: str) -> tuple[list[str], dict[str, str]]:
+    """The command that runs the playbook against the lab as an administrator would, with plain-text
+    output: Molecule turns colour on for everything it starts (ANSIBLE_FORCE_COLOR), and the checks
+    read this text."""
     env = {**os.environ, "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"}
     env["ANSIBLE_NOCOLOR"] = "1"
-    return subprocess.run(
-        ["ansible-playbook", "-i", INVENTORY, PLAYBOOK, *extra],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+    return ["ansible-playbook", "-i", INVENTORY, PLAYBOOK, *extra], env
+
+
+def converge(*extra: str) -> subprocess.CompletedProcess[str]:
+    argv, env = _playbook(*extra)
+    return subprocess.run(argv, cwd=PROJECT, env=env, capture_output=True, text=True, check=False)
+
+
+def start_converge(*extra: str) -> subprocess.Popen[str]:
+    """A converge running in the background, its output (stderr too) read line by line from stdout."""
+    argv, env = _playbook(*extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.Popen(
+        argv, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 

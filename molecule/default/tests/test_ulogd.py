@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import pytest
 from conftest import converge as lab_converge
+from conftest import start_converge
 
 PACKETS = "/var/log/ulog/packets.json"
 FLOWS = "/var/log/ulog/flows.json"
@@ -466,6 +467,37 @@ def test_ulogd_started_while_the_database_is_down_reattaches_when_it_returns(lab
     unit_done(scanner, unit, 10)
     query = "SELECT count(*) FROM ulog WHERE tcp_dport = %d HAVING count(*) = 5"
     logged_rows(lab, "rows once reattached", query, dport)
+
+
+def test_a_converge_waits_for_a_database_not_ready_yet_instead_of_failing(lab, postgresql_back):
+    """site.yml configures a collector and its routers at the same time, so on a fresh site a router
+    can start ulogd before the database is ready. The converge's last ulogd check then waits
+    (ulogd_pgsql_start_wait), reattaching as the timer does. Here the database stays away for 20 s
+    after that check first retries: longer than the 10 looks a check gets for any other failure."""
+    router, server, scanner = lab["router"], lab["server"], lab["scanner"]
+    server.check(f"systemctl stop {PG_UNIT}")
+    router.check("systemctl restart ulogd2")
+    run = start_converge("--limit", "routers")
+    assert run.stdout is not None
+    seen = []
+    for line in run.stdout:
+        seen.append(line)
+        # With strategy free a task's banner is printed with its result, after the retries; each
+        # retry is printed as it happens.
+        if "FAILED - RETRYING: [router]: Check that ulogd runs" in line:
+            break
+    else:
+        pytest.fail("ulogd's check never waited for the database:\n" + "".join(seen[-40:]))
+    time.sleep(20)  # the outage this test is about, not a wait for something to happen
+    server.check(f"systemctl start {PG_UNIT}")
+    rest, _ = run.communicate(timeout=180)
+    output = "".join(seen) + rest
+    assert run.returncode == 0, output[-3000:]
+    dport = tag_port()
+    unit = send_syns(lab, dport, 31000, 5, 10)
+    unit_done(scanner, unit, 10)
+    query = "SELECT count(*) FROM ulog WHERE tcp_dport = %d HAVING count(*) = 5"
+    logged_rows(lab, "rows after the converge waited for the database", query, dport)
 
 
 # ------------------------------------------------------------------------------------ inventory
