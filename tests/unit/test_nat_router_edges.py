@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from conftest import make_facts
+from conftest import dnat_tables, make_facts
 
 from nattrail.intent.nat_router import nat_router_interfaces, nat_router_rules
 
@@ -181,28 +181,23 @@ def test_dnat_rows_are_ordered_by_protocol_port_and_source() -> None:
             ]
         }
     )["dnat"]
-    assert [(r["proto"], r["port"], r["source"]) for r in dnat["ports"]] == [
-        ("tcp", 22, "0.0.0.0/0"),
-        ("tcp", 80, "198.51.100.0/24"),
-        ("tcp", 80, "198.51.101.0/24"),
-        ("udp", 53, "198.51.100.0/24"),
-    ]
-    assert dnat["all"] == [
-        {"source": "100.64.0.0/24", "target": "10.77.0.10"},
-        {"source": "198.18.0.0/24", "target": "10.77.0.9"},
-        {"source": "198.18.1.0/24", "target": "10.77.0.10"},
-    ]
-    # Forward acceptance: targets in address order (10.77.0.9 before 10.77.0.10), then protocol, then port.
-    assert dnat["ports_forward"] == [
-        {"target": "10.77.0.9", "proto": "tcp", "target_port": 22, "source": "0.0.0.0/0"},
-        {"target": "10.77.0.10", "proto": "tcp", "target_port": 80, "source": "198.51.100.0/23"},
-        {"target": "10.77.0.10", "proto": "udp", "target_port": 53, "source": "198.51.100.0/24"},
-    ]
-    assert dnat["all_forward"] == [
-        {"target": "10.77.0.9", "source": "198.18.0.0/24"},
-        {"target": "10.77.0.10", "source": "100.64.0.0/24"},
-        {"target": "10.77.0.10", "source": "198.18.1.0/24"},
-    ]
+    assert dnat == dnat_tables(
+        "0.0.0.0/0 . tcp . 22 : 10.77.0.9 . 22",
+        "198.51.100.0/24 . tcp . 80 : 10.77.0.10 . 80",
+        "198.51.101.0/24 . tcp . 80 : 10.77.0.10 . 80",
+        "198.51.100.0/24 . udp . 53 : 10.77.0.10 . 53",
+        "100.64.0.0/24 : 10.77.0.10",
+        "198.18.0.0/24 : 10.77.0.9",
+        "198.18.1.0/24 : 10.77.0.10",
+        # Forward acceptance: targets in address order (10.77.0.9 before 10.77.0.10), then protocol,
+        # then port.
+        "10.77.0.9 . tcp . 22 . 0.0.0.0/0",
+        "10.77.0.10 . tcp . 80 . 198.51.100.0/23",
+        "10.77.0.10 . udp . 53 . 198.51.100.0/24",
+        "10.77.0.9 . 198.18.0.0/24",
+        "10.77.0.10 . 100.64.0.0/24",
+        "10.77.0.10 . 198.18.1.0/24",
+    )
 
 
 def test_forward_rows_of_one_target_are_ordered_by_protocol_then_port() -> None:

@@ -8,7 +8,7 @@ import time
 import netaddr
 import pytest
 from ansible.errors import AnsibleFilterError
-from conftest import make_facts
+from conftest import dnat_tables, make_facts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -355,29 +355,19 @@ def test_dnat_rows_and_forward_sets() -> None:
             ]
         }
     )["dnat"]
-    assert result["ports"] == [
-        {"source": "0.0.0.0/0", "proto": "tcp", "port": 8080, "target": "10.77.0.10", "target_port": 80},
-        {
-            "source": "198.51.100.0/24",
-            "proto": "tcp",
-            "port": 8081,
-            "target": "10.77.0.10",
-            "target_port": 80,
-        },
-        {"source": "198.51.100.0/24", "proto": "udp", "port": 53, "target": "10.77.0.11", "target_port": 53},
-        {"source": "198.51.101.0/24", "proto": "udp", "port": 53, "target": "10.77.0.12", "target_port": 53},
-    ]
-    assert result["all"] == [
-        {"source": "198.18.0.0/25", "target": "10.77.0.13"},
-        {"source": "198.18.0.128/25", "target": "10.77.0.13"},
-    ]
-    # Overlapping sources for one target port merge, or the kernel would refuse the set.
-    assert result["ports_forward"] == [
-        {"target": "10.77.0.10", "proto": "tcp", "target_port": 80, "source": "0.0.0.0/0"},
-        {"target": "10.77.0.11", "proto": "udp", "target_port": 53, "source": "198.51.100.0/24"},
-        {"target": "10.77.0.12", "proto": "udp", "target_port": 53, "source": "198.51.101.0/24"},
-    ]
-    assert result["all_forward"] == [{"target": "10.77.0.13", "source": "198.18.0.0/24"}]
+    assert result == dnat_tables(
+        "0.0.0.0/0 . tcp . 8080 : 10.77.0.10 . 80",
+        "198.51.100.0/24 . tcp . 8081 : 10.77.0.10 . 80",
+        "198.51.100.0/24 . udp . 53 : 10.77.0.11 . 53",
+        "198.51.101.0/24 . udp . 53 : 10.77.0.12 . 53",
+        "198.18.0.0/25 : 10.77.0.13",
+        "198.18.0.128/25 : 10.77.0.13",
+        # Overlapping sources for one target port merge, or the kernel would refuse the set.
+        "10.77.0.10 . tcp . 80 . 0.0.0.0/0",
+        "10.77.0.11 . udp . 53 . 198.51.100.0/24",
+        "10.77.0.12 . udp . 53 . 198.51.101.0/24",
+        "10.77.0.13 . 198.18.0.0/24",
+    )
 
 
 def test_dnat_all_may_overlap_a_port_entry_with_a_different_source() -> None:
