@@ -257,3 +257,13 @@ def dnat_tables(*elements: str) -> dict[str, list[dict[str, object]]]:
         fields = zip(names, before + after, strict=True)
         tables[table].append({name: int(field) if name.endswith("port") else field for name, field in fields})
     return tables
+
+
+def acct_map(*elements: str) -> list[dict[str, str]]:
+    """The rows of an accounting map (``in_map``, ``out_map`` of ``nat_router_rules(...)["accounting"]``),
+    each written as the element the ruleset makes of it, ``"key : counter"`` (the counter unquoted)."""
+    rows = []
+    for element in elements:
+        key, counter = element.split(" : ")
+        rows.append({"key": key, "counter": counter})
+    return rows

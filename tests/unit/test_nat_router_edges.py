@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from conftest import dnat_tables, make_facts
+from conftest import acct_map, dnat_tables, make_facts
 
 from nattrail.intent.nat_router import nat_router_interfaces, nat_router_rules
 
@@ -276,23 +276,23 @@ def test_accounting_counters_follow_entry_order_and_map_follows_addresses() -> N
         "other",
     ]
     # A one-address gap is written as a single address, not a range.
-    assert acct["in_map"] == [
-        {"key": "0.0.0.0", "counter": "acct_other_in"},
-        {"key": "0.0.0.1/32", "counter": "acct_1_in"},
-        {"key": "0.0.0.2-10.76.255.255", "counter": "acct_other_in"},
-        {"key": "10.77.0.0/25", "counter": "acct_2_in"},
-        {"key": "10.77.0.128/25", "counter": "acct_0_in"},
-        {"key": "10.77.1.0-255.255.255.255", "counter": "acct_other_in"},
-    ]
+    assert acct["in_map"] == acct_map(
+        "0.0.0.0 : acct_other_in",
+        "0.0.0.1/32 : acct_1_in",
+        "0.0.0.2-10.76.255.255 : acct_other_in",
+        "10.77.0.0/25 : acct_2_in",
+        "10.77.0.128/25 : acct_0_in",
+        "10.77.1.0-255.255.255.255 : acct_other_in",
+    )
 
 
 def test_accounting_last_address_alone_goes_to_other() -> None:
     acct = rules({"accounting_networks": ["255.255.255.254"]})["accounting"]
-    assert acct["in_map"] == [
-        {"key": "0.0.0.0-255.255.255.253", "counter": "acct_other_in"},
-        {"key": "255.255.255.254/32", "counter": "acct_0_in"},
-        {"key": "255.255.255.255", "counter": "acct_other_in"},
-    ]
+    assert acct["in_map"] == acct_map(
+        "0.0.0.0-255.255.255.253 : acct_other_in",
+        "255.255.255.254/32 : acct_0_in",
+        "255.255.255.255 : acct_other_in",
+    )
 
 
 def test_saved_counter_at_the_64_bit_limit_is_restored() -> None:

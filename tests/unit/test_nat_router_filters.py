@@ -8,7 +8,7 @@ import time
 import netaddr
 import pytest
 from ansible.errors import AnsibleFilterError
-from conftest import dnat_tables, make_facts
+from conftest import acct_map, dnat_tables, make_facts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -504,13 +504,13 @@ def test_accounting_counters_maps_and_saved_values() -> None:
         {"name": "acct_other_in", "comment": "other", "packets": 0, "bytes": 0},
         {"name": "acct_other_out", "comment": "other", "packets": 0, "bytes": 0},
     ]
-    assert acct["in_map"] == [
-        {"key": "0.0.0.0-10.76.255.255", "counter": "acct_other_in"},
-        {"key": "10.77.0.0/26", "counter": "acct_0_in"},
-        {"key": "10.77.0.64-10.77.0.127", "counter": "acct_other_in"},
-        {"key": "10.77.0.128/25", "counter": "acct_lab_servers_in"},
-        {"key": "10.77.1.0-255.255.255.255", "counter": "acct_other_in"},
-    ]
+    assert acct["in_map"] == acct_map(
+        "0.0.0.0-10.76.255.255 : acct_other_in",
+        "10.77.0.0/26 : acct_0_in",
+        "10.77.0.64-10.77.0.127 : acct_other_in",
+        "10.77.0.128/25 : acct_lab_servers_in",
+        "10.77.1.0-255.255.255.255 : acct_other_in",
+    )
     assert [e["counter"] for e in acct["out_map"]] == [
         c.replace("_in", "_out") for c in (e["counter"] for e in acct["in_map"])
     ]
