@@ -226,3 +226,44 @@ def networks_in_order(networks: str) -> str:
     counter each, as a space-separated string."""
     counters = [Counter(f"acct_n{index}_in", 0, 0, network) for index, network in enumerate(networks.split())]
     return " ".join(row.network for row in network_rows(counters))
+
+
+# The element forms of the ruleset's four DNAT maps and sets (roles/nat_router/templates/ruleset.nft.j2):
+# (fields before " : ", fields after) -> the table in nat_router_rules(...)["dnat"] and its row's keys.
+_DNAT_ELEMENT_FORMS = {
+    (3, 2): ("ports", ("source", "proto", "port", "target", "target_port")),
+    (1, 1): ("all", ("source", "target")),
+    (4, 0): ("ports_forward", ("target", "proto", "target_port", "source")),
+    (2, 0): ("all_forward", ("target", "source")),
+}
+
+
+def dnat_tables(*elements: str) -> dict[str, list[dict[str, object]]]:
+    """The compiled DNAT data, ``nat_router_rules(...)["dnat"]``, with each row written as the element the
+    ruleset makes of it; its form says its table:
+
+    - ``"source . proto . port : target . target_port"``: ``ports`` (map dnat_ports)
+    - ``"source : target"``: ``all`` (map dnat_all)
+    - ``"target . proto . target_port . source"``: ``ports_forward`` (set dnat_ports_forward)
+    - ``"target . source"``: ``all_forward`` (set dnat_all_forward)
+
+    Rows keep their order within their table; ports are numbers."""
+    tables: dict[str, list[dict[str, object]]] = {table: [] for table, _ in _DNAT_ELEMENT_FORMS.values()}
+    for element in elements:
+        key, _, value = element.partition(" : ")
+        before = key.split(" . ")
+        after = value.split(" . ") if value else []
+        table, names = _DNAT_ELEMENT_FORMS[len(before), len(after)]
+        fields = zip(names, before + after, strict=True)
+        tables[table].append({name: int(field) if name.endswith("port") else field for name, field in fields})
+    return tables
+
+
+def acct_map(*elements: str) -> list[dict[str, str]]:
+    """The rows of an accounting map (``in_map``, ``out_map`` of ``nat_router_rules(...)["accounting"]``),
+    each written as the element the ruleset makes of it, ``"key : counter"`` (the counter unquoted)."""
+    rows = []
+    for element in elements:
+        key, counter = element.split(" : ")
+        rows.append({"key": key, "counter": counter})
+    return rows

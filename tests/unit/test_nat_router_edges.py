@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from conftest import make_facts
+from conftest import acct_map, dnat_tables, make_facts
 
 from nattrail.intent.nat_router import nat_router_interfaces, nat_router_rules
 
@@ -181,28 +181,23 @@ def test_dnat_rows_are_ordered_by_protocol_port_and_source() -> None:
             ]
         }
     )["dnat"]
-    assert [(r["proto"], r["port"], r["source"]) for r in dnat["ports"]] == [
-        ("tcp", 22, "0.0.0.0/0"),
-        ("tcp", 80, "198.51.100.0/24"),
-        ("tcp", 80, "198.51.101.0/24"),
-        ("udp", 53, "198.51.100.0/24"),
-    ]
-    assert dnat["all"] == [
-        {"source": "100.64.0.0/24", "target": "10.77.0.10"},
-        {"source": "198.18.0.0/24", "target": "10.77.0.9"},
-        {"source": "198.18.1.0/24", "target": "10.77.0.10"},
-    ]
-    # Forward acceptance: targets in address order (10.77.0.9 before 10.77.0.10), then protocol, then port.
-    assert dnat["ports_forward"] == [
-        {"target": "10.77.0.9", "proto": "tcp", "target_port": 22, "source": "0.0.0.0/0"},
-        {"target": "10.77.0.10", "proto": "tcp", "target_port": 80, "source": "198.51.100.0/23"},
-        {"target": "10.77.0.10", "proto": "udp", "target_port": 53, "source": "198.51.100.0/24"},
-    ]
-    assert dnat["all_forward"] == [
-        {"target": "10.77.0.9", "source": "198.18.0.0/24"},
-        {"target": "10.77.0.10", "source": "100.64.0.0/24"},
-        {"target": "10.77.0.10", "source": "198.18.1.0/24"},
-    ]
+    assert dnat == dnat_tables(
+        "0.0.0.0/0 . tcp . 22 : 10.77.0.9 . 22",
+        "198.51.100.0/24 . tcp . 80 : 10.77.0.10 . 80",
+        "198.51.101.0/24 . tcp . 80 : 10.77.0.10 . 80",
+        "198.51.100.0/24 . udp . 53 : 10.77.0.10 . 53",
+        "100.64.0.0/24 : 10.77.0.10",
+        "198.18.0.0/24 : 10.77.0.9",
+        "198.18.1.0/24 : 10.77.0.10",
+        # Forward acceptance: targets in address order (10.77.0.9 before 10.77.0.10), then protocol,
+        # then port.
+        "10.77.0.9 . tcp . 22 . 0.0.0.0/0",
+        "10.77.0.10 . tcp . 80 . 198.51.100.0/23",
+        "10.77.0.10 . udp . 53 . 198.51.100.0/24",
+        "10.77.0.9 . 198.18.0.0/24",
+        "10.77.0.10 . 100.64.0.0/24",
+        "10.77.0.10 . 198.18.1.0/24",
+    )
 
 
 def test_forward_rows_of_one_target_are_ordered_by_protocol_then_port() -> None:
@@ -281,23 +276,23 @@ def test_accounting_counters_follow_entry_order_and_map_follows_addresses() -> N
         "other",
     ]
     # A one-address gap is written as a single address, not a range.
-    assert acct["in_map"] == [
-        {"key": "0.0.0.0", "counter": "acct_other_in"},
-        {"key": "0.0.0.1/32", "counter": "acct_1_in"},
-        {"key": "0.0.0.2-10.76.255.255", "counter": "acct_other_in"},
-        {"key": "10.77.0.0/25", "counter": "acct_2_in"},
-        {"key": "10.77.0.128/25", "counter": "acct_0_in"},
-        {"key": "10.77.1.0-255.255.255.255", "counter": "acct_other_in"},
-    ]
+    assert acct["in_map"] == acct_map(
+        "0.0.0.0 : acct_other_in",
+        "0.0.0.1/32 : acct_1_in",
+        "0.0.0.2-10.76.255.255 : acct_other_in",
+        "10.77.0.0/25 : acct_2_in",
+        "10.77.0.128/25 : acct_0_in",
+        "10.77.1.0-255.255.255.255 : acct_other_in",
+    )
 
 
 def test_accounting_last_address_alone_goes_to_other() -> None:
     acct = rules({"accounting_networks": ["255.255.255.254"]})["accounting"]
-    assert acct["in_map"] == [
-        {"key": "0.0.0.0-255.255.255.253", "counter": "acct_other_in"},
-        {"key": "255.255.255.254/32", "counter": "acct_0_in"},
-        {"key": "255.255.255.255", "counter": "acct_other_in"},
-    ]
+    assert acct["in_map"] == acct_map(
+        "0.0.0.0-255.255.255.253 : acct_other_in",
+        "255.255.255.254/32 : acct_0_in",
+        "255.255.255.255 : acct_other_in",
+    )
 
 
 def test_saved_counter_at_the_64_bit_limit_is_restored() -> None:

@@ -8,7 +8,7 @@ import time
 import netaddr
 import pytest
 from ansible.errors import AnsibleFilterError
-from conftest import make_facts
+from conftest import acct_map, dnat_tables, make_facts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +24,11 @@ def errors_of(config: dict, facts: dict | None = None, host: str = "router") -> 
     with pytest.raises(AnsibleFilterError) as info:
         nat_router_rules(config, facts or make_facts(), host)
     return str(info.value.message).splitlines()
+
+
+def dnat_errors(*entries: object) -> list[str]:
+    """The error lines for these nat_router_dnat entries."""
+    return errors_of({"dnat": list(entries)})
 
 
 def assert_error(
@@ -355,29 +360,19 @@ def test_dnat_rows_and_forward_sets() -> None:
             ]
         }
     )["dnat"]
-    assert result["ports"] == [
-        {"source": "0.0.0.0/0", "proto": "tcp", "port": 8080, "target": "10.77.0.10", "target_port": 80},
-        {
-            "source": "198.51.100.0/24",
-            "proto": "tcp",
-            "port": 8081,
-            "target": "10.77.0.10",
-            "target_port": 80,
-        },
-        {"source": "198.51.100.0/24", "proto": "udp", "port": 53, "target": "10.77.0.11", "target_port": 53},
-        {"source": "198.51.101.0/24", "proto": "udp", "port": 53, "target": "10.77.0.12", "target_port": 53},
-    ]
-    assert result["all"] == [
-        {"source": "198.18.0.0/25", "target": "10.77.0.13"},
-        {"source": "198.18.0.128/25", "target": "10.77.0.13"},
-    ]
-    # Overlapping sources for one target port merge, or the kernel would refuse the set.
-    assert result["ports_forward"] == [
-        {"target": "10.77.0.10", "proto": "tcp", "target_port": 80, "source": "0.0.0.0/0"},
-        {"target": "10.77.0.11", "proto": "udp", "target_port": 53, "source": "198.51.100.0/24"},
-        {"target": "10.77.0.12", "proto": "udp", "target_port": 53, "source": "198.51.101.0/24"},
-    ]
-    assert result["all_forward"] == [{"target": "10.77.0.13", "source": "198.18.0.0/24"}]
+    assert result == dnat_tables(
+        "0.0.0.0/0 . tcp . 8080 : 10.77.0.10 . 80",
+        "198.51.100.0/24 . tcp . 8081 : 10.77.0.10 . 80",
+        "198.51.100.0/24 . udp . 53 : 10.77.0.11 . 53",
+        "198.51.101.0/24 . udp . 53 : 10.77.0.12 . 53",
+        "198.18.0.0/25 : 10.77.0.13",
+        "198.18.0.128/25 : 10.77.0.13",
+        # Overlapping sources for one target port merge, or the kernel would refuse the set.
+        "10.77.0.10 . tcp . 80 . 0.0.0.0/0",
+        "10.77.0.11 . udp . 53 . 198.51.100.0/24",
+        "10.77.0.12 . udp . 53 . 198.51.101.0/24",
+        "10.77.0.13 . 198.18.0.0/24",
+    )
 
 
 def test_dnat_all_may_overlap_a_port_entry_with_a_different_source() -> None:
@@ -420,58 +415,42 @@ DNAT_OK = {"port": 8080, "target": "10.77.0.10"}
     ],
 )
 def test_dnat_entry_errors(entry: object, fragment: str) -> None:
-    lines = errors_of({"dnat": [DNAT_OK, entry]})
+    lines = dnat_errors(DNAT_OK, entry)
     assert_error(lines, "dnat", 1, repr(entry)[:40], fragment)
 
 
 def test_dnat_duplicate_key() -> None:
-    lines = errors_of(
-        {
-            "dnat": [
-                {"port": 8080, "target": "10.77.0.10"},
-                {"port": 8080, "target": "10.77.0.11", "proto": "udp"},
-                {"port": 8080, "target": "10.77.0.12", "target_port": 80},
-            ]
-        }
+    lines = dnat_errors(
+        {"port": 8080, "target": "10.77.0.10"},
+        {"port": 8080, "target": "10.77.0.11", "proto": "udp"},
+        {"port": 8080, "target": "10.77.0.12", "target_port": 80},
     )
     assert_error(lines, "dnat", 2, "duplicate DNAT key (tcp, 8080, 0.0.0.0/0)", "entry 0")
     assert len(lines) == 1
 
 
 def test_dnat_overlapping_sources_for_the_same_port() -> None:
-    lines = errors_of(
-        {
-            "dnat": [
-                {"port": 25, "target": "10.77.0.10", "source": "198.51.100.0/24"},
-                {"port": 25, "target": "10.77.0.11", "source": "198.51.101.0/24"},
-                {"port": 25, "target": "10.77.0.12", "source": "198.51.100.128/25"},
-            ]
-        }
+    lines = dnat_errors(
+        {"port": 25, "target": "10.77.0.10", "source": "198.51.100.0/24"},
+        {"port": 25, "target": "10.77.0.11", "source": "198.51.101.0/24"},
+        {"port": 25, "target": "10.77.0.12", "source": "198.51.100.128/25"},
     )
     assert_error(lines, "dnat", 2, "source overlaps 198.51.100.0/24", "entry 0")
     assert len(lines) == 1
 
 
 def test_dnat_all_sources_must_not_overlap() -> None:
-    lines = errors_of(
-        {
-            "dnat": [
-                {"port": "ALL", "target": "10.77.0.10"},
-                {"port": "ALL", "target": "10.77.0.11", "source": "198.18.0.0/24"},
-            ]
-        }
+    lines = dnat_errors(
+        {"port": "ALL", "target": "10.77.0.10"},
+        {"port": "ALL", "target": "10.77.0.11", "source": "198.18.0.0/24"},
     )
     assert_error(lines, "dnat", 1, "ALL source overlaps 0.0.0.0/0", "entry 0")
 
 
 def test_dnat_all_and_port_entry_with_the_same_source() -> None:
-    lines = errors_of(
-        {
-            "dnat": [
-                {"port": "ALL", "target": "10.77.0.10", "source": "198.18.0.0/24"},
-                {"port": 22, "target": "10.77.0.11", "source": "198.18.0.0/24"},
-            ]
-        }
+    lines = dnat_errors(
+        {"port": "ALL", "target": "10.77.0.10", "source": "198.18.0.0/24"},
+        {"port": 22, "target": "10.77.0.11", "source": "198.18.0.0/24"},
     )
     assert_error(
         lines, "dnat", 1, 'port "ALL" entry 0 and port entry 1 (tcp/22) have the same source 198.18.0.0/24'
@@ -514,13 +493,13 @@ def test_accounting_counters_maps_and_saved_values() -> None:
         {"name": "acct_other_in", "comment": "other", "packets": 0, "bytes": 0},
         {"name": "acct_other_out", "comment": "other", "packets": 0, "bytes": 0},
     ]
-    assert acct["in_map"] == [
-        {"key": "0.0.0.0-10.76.255.255", "counter": "acct_other_in"},
-        {"key": "10.77.0.0/26", "counter": "acct_0_in"},
-        {"key": "10.77.0.64-10.77.0.127", "counter": "acct_other_in"},
-        {"key": "10.77.0.128/25", "counter": "acct_lab_servers_in"},
-        {"key": "10.77.1.0-255.255.255.255", "counter": "acct_other_in"},
-    ]
+    assert acct["in_map"] == acct_map(
+        "0.0.0.0-10.76.255.255 : acct_other_in",
+        "10.77.0.0/26 : acct_0_in",
+        "10.77.0.64-10.77.0.127 : acct_other_in",
+        "10.77.0.128/25 : acct_lab_servers_in",
+        "10.77.1.0-255.255.255.255 : acct_other_in",
+    )
     assert [e["counter"] for e in acct["out_map"]] == [
         c.replace("_in", "_out") for c in (e["counter"] for e in acct["in_map"])
     ]
@@ -617,7 +596,7 @@ def test_bad_cidr_is_reported(text: str) -> None:
 @settings(max_examples=50, deadline=None)
 @given(st.one_of(st.integers(max_value=0), st.integers(min_value=65536)))
 def test_port_out_of_range_is_reported(port: int) -> None:
-    lines = errors_of({"dnat": [{"port": port, "target": "10.77.0.10"}]})
+    lines = dnat_errors({"port": port, "target": "10.77.0.10"})
     assert_error(lines, "dnat", 0, f"port {port} is outside 1..65535")
     assert_error(errors_of({"inbound_services": [port]}), "inbound_services", 0, repr(port))
 
@@ -633,7 +612,7 @@ def test_unknown_service_name_is_reported(name: str) -> None:
 @given(st.integers(min_value=0, max_value=2**32 - 1).filter(lambda a: netaddr.IPAddress(a) not in INTERNAL))
 def test_target_outside_internal_networks_is_reported(address: int) -> None:
     target = str(netaddr.IPAddress(address))
-    lines = errors_of({"dnat": [{"port": 80, "target": target}]})
+    lines = dnat_errors({"port": 80, "target": target})
     assert_error(lines, "dnat", 0, f"target {target} is not inside any internal network")
 
 
@@ -650,7 +629,7 @@ def test_duplicate_dnat_key_is_reported(proto: str, port: int, prefix: int, othe
     fillers = [
         {"port": 1 + (port + i) % 65535, "target": "10.77.0.20", "proto": proto} for i in range(1, others + 1)
     ]
-    lines = errors_of({"dnat": [entry, *fillers, dict(entry, target="10.77.0.11")]})
+    lines = dnat_errors(entry, *fillers, dict(entry, target="10.77.0.11"))
     assert_error(lines, "dnat", others + 1, f"duplicate DNAT key ({proto}, {port}, {source})", "entry 0")
 
 

@@ -695,21 +695,25 @@ def test_shutdown_waits_for_relays_that_finish_in_time() -> None:
 # --- configuration ------------------------------------------------------------------------------------
 
 
+def settings_with_password(directory: Path, password: str, **settings: object) -> tuple[Path, Path]:
+    """A JSON settings file for the redirector in ``directory``, its socks_password_file a file beside it
+    holding ``password`` and a newline; returns (settings file, password file)."""
+    secret = directory / "socks-password"
+    secret.write_text(f"{password}\n")
+    file = directory / "redirect.json"
+    file.write_text(json.dumps({**settings, "socks_password_file": str(secret)}))
+    return file, secret
+
+
 def test_config_from_cli_and_file(tmp_path: Path) -> None:
-    secret = tmp_path / "pw"
-    secret.write_text("hunter2\n")
-    file = tmp_path / "redirect.json"
-    file.write_text(
-        json.dumps(
-            {
-                "listen": "0.0.0.0:12345",
-                "socks": "proxy.example:1080",
-                "socks_user": "router",
-                "socks_password_file": str(secret),
-                "max_connections": 64,
-                "idle_timeout": 600,
-            }
-        )
+    file, _ = settings_with_password(
+        tmp_path,
+        "hunter2",
+        listen="0.0.0.0:12345",
+        socks="proxy.example:1080",
+        socks_user="router",
+        max_connections=64,
+        idle_timeout=600,
     )
     config = build_config({"max_connections": "100", "connect_timeout": "2.5"}, load_config_file(str(file)))
     assert config.listen == ("0.0.0.0", 12345)
@@ -785,19 +789,8 @@ def test_check_accepts_good_settings_without_starting_and_refuses_bad_ones(
     """`nattrail redirect --check` is what the role validates the settings file with."""
     from nattrail import cli  # noqa: PLC0415
 
-    password = tmp_path / "socks-password"
-    password.write_text("s3cret\n")
-    good = tmp_path / "good.json"
-    good.write_text(
-        json.dumps(
-            {
-                "listen": "0.0.0.0:12345",
-                "socks": "proxy:1080",
-                "socks_user": "u",
-                "socks_password_file": str(password),
-                "max_connections": 5,
-            }
-        )
+    good, password = settings_with_password(
+        tmp_path, "s3cret", listen="0.0.0.0:12345", socks="proxy:1080", socks_user="u", max_connections=5
     )
     # Port 1 on 127.0.0.1 is never bound here: --check must return before listening anywhere.
     assert cli.main(["redirect", "--check", "--config", str(good)]) == 0
