@@ -12,29 +12,10 @@ from __future__ import annotations
 import socket
 import struct
 
+from nattrail.ctnetlink import constants
 from nattrail.ctnetlink.constants import (
-    CTA_COUNTERS_BYTES,
     CTA_COUNTERS_ORIG,
-    CTA_COUNTERS_PACKETS,
-    CTA_COUNTERS_REPLY,
-    CTA_ID,
-    CTA_IP_V4_DST,
-    CTA_IP_V4_SRC,
-    CTA_PROTO_DST_PORT,
-    CTA_PROTO_NUM,
-    CTA_PROTO_SRC_PORT,
-    CTA_PROTOINFO,
-    CTA_STATUS,
-    CTA_TIMEOUT,
     CTA_TIMESTAMP,
-    CTA_TIMESTAMP_EVENT,
-    CTA_TIMESTAMP_START,
-    CTA_TIMESTAMP_STOP,
-    CTA_TUPLE_IP,
-    CTA_TUPLE_ORIG,
-    CTA_TUPLE_PROTO,
-    CTA_TUPLE_REPLY,
-    NLA_F_NESTED,
     NLA_HDR,
     NLA_TYPE_MASK,
 )
@@ -46,11 +27,13 @@ from nattrail.ctnetlink.walk import _counters, _timestamps
 # anything else takes the general walk. Headers are built with NLA_HDR, so in host byte order.
 _FAST = struct.Struct("8s4s4s4s8sB3x4s2s2x4s2s2x")
 _FAST_HEADERS = (
-    NLA_HDR.pack(20, CTA_TUPLE_IP | NLA_F_NESTED) + NLA_HDR.pack(8, CTA_IP_V4_SRC),
-    NLA_HDR.pack(8, CTA_IP_V4_DST),
-    NLA_HDR.pack(28, CTA_TUPLE_PROTO | NLA_F_NESTED) + NLA_HDR.pack(5, CTA_PROTO_NUM),
-    NLA_HDR.pack(6, CTA_PROTO_SRC_PORT),
-    NLA_HDR.pack(6, CTA_PROTO_DST_PORT),
+    NLA_HDR.pack(20, constants.CTA_TUPLE_IP | constants.NLA_F_NESTED)
+    + NLA_HDR.pack(8, constants.CTA_IP_V4_SRC),
+    NLA_HDR.pack(8, constants.CTA_IP_V4_DST),
+    NLA_HDR.pack(28, constants.CTA_TUPLE_PROTO | constants.NLA_F_NESTED)
+    + NLA_HDR.pack(5, constants.CTA_PROTO_NUM),
+    NLA_HDR.pack(6, constants.CTA_PROTO_SRC_PORT),
+    NLA_HDR.pack(6, constants.CTA_PROTO_DST_PORT),
 )
 _FAST_PROTOS = frozenset({socket.IPPROTO_TCP, socket.IPPROTO_UDP})
 
@@ -79,54 +62,65 @@ def _fast_tuple(data: bytes | memoryview, start: int, end: int) -> Tuple | None:
 _TUPLE_FMT = "4s4s4s4s4s4s4s4sB3x4sH2x4sH2x"
 _EVENT_HEAD = struct.Struct("!" + _TUPLE_FMT + _TUPLE_FMT + "4sI4sI")
 _TUPLE_HEADERS = (
-    NLA_HDR.pack(20, CTA_TUPLE_IP | NLA_F_NESTED),
-    NLA_HDR.pack(8, CTA_IP_V4_SRC),
-    NLA_HDR.pack(8, CTA_IP_V4_DST),
-    NLA_HDR.pack(28, CTA_TUPLE_PROTO | NLA_F_NESTED),
-    NLA_HDR.pack(5, CTA_PROTO_NUM),
-    NLA_HDR.pack(6, CTA_PROTO_SRC_PORT),
-    NLA_HDR.pack(6, CTA_PROTO_DST_PORT),
+    NLA_HDR.pack(20, constants.CTA_TUPLE_IP | constants.NLA_F_NESTED),
+    NLA_HDR.pack(8, constants.CTA_IP_V4_SRC),
+    NLA_HDR.pack(8, constants.CTA_IP_V4_DST),
+    NLA_HDR.pack(28, constants.CTA_TUPLE_PROTO | constants.NLA_F_NESTED),
+    NLA_HDR.pack(5, constants.CTA_PROTO_NUM),
+    NLA_HDR.pack(6, constants.CTA_PROTO_SRC_PORT),
+    NLA_HDR.pack(6, constants.CTA_PROTO_DST_PORT),
 )
 _EVENT_HEADERS = (
-    NLA_HDR.pack(52, CTA_TUPLE_ORIG | NLA_F_NESTED),
+    NLA_HDR.pack(52, constants.CTA_TUPLE_ORIG | constants.NLA_F_NESTED),
     *_TUPLE_HEADERS,
-    NLA_HDR.pack(52, CTA_TUPLE_REPLY | NLA_F_NESTED),
+    NLA_HDR.pack(52, constants.CTA_TUPLE_REPLY | constants.NLA_F_NESTED),
     *_TUPLE_HEADERS,
-    NLA_HDR.pack(8, CTA_ID),
-    NLA_HDR.pack(8, CTA_STATUS),
+    NLA_HDR.pack(8, constants.CTA_ID),
+    NLA_HDR.pack(8, constants.CTA_STATUS),
 )
 # Counters and timestamps: nests of two 64-bit values (start alone while a connection lives).
 _PAIR = struct.Struct("!4sQ4sQ")
-_COUNTER_HEADERS = (NLA_HDR.pack(12, CTA_COUNTERS_PACKETS), NLA_HDR.pack(12, CTA_COUNTERS_BYTES))
-_STAMP_HEADERS = (NLA_HDR.pack(12, CTA_TIMESTAMP_START), NLA_HDR.pack(12, CTA_TIMESTAMP_STOP))
+_COUNTER_HEADERS = (
+    NLA_HDR.pack(12, constants.CTA_COUNTERS_PACKETS),
+    NLA_HDR.pack(12, constants.CTA_COUNTERS_BYTES),
+)
+_STAMP_HEADERS = (
+    NLA_HDR.pack(12, constants.CTA_TIMESTAMP_START),
+    NLA_HDR.pack(12, constants.CTA_TIMESTAMP_STOP),
+)
 # Attributes the general walk would take from later in the message: their presence there means
 # the layout is not the one the fast path knows.
-_HEAD_KINDS = frozenset({CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_ID})
+_HEAD_KINDS = frozenset(
+    {constants.CTA_TUPLE_ORIG, constants.CTA_TUPLE_REPLY, constants.CTA_STATUS, constants.CTA_ID}
+)
 # A DESTROY's next 84 bytes: both counter nests and the timestamp nest, read in one unpack as well
 # (they are what a close record is made of; three nests walked one by one cost more than decoding
 # the tuples).
 _DESTROY_TAIL = struct.Struct("!" + "4s4sQ4sQ" * 3)
 _DESTROY_HEADERS = (
-    NLA_HDR.pack(28, CTA_COUNTERS_ORIG | NLA_F_NESTED),
+    NLA_HDR.pack(28, CTA_COUNTERS_ORIG | constants.NLA_F_NESTED),
     *_COUNTER_HEADERS,
-    NLA_HDR.pack(28, CTA_COUNTERS_REPLY | NLA_F_NESTED),
+    NLA_HDR.pack(28, constants.CTA_COUNTERS_REPLY | constants.NLA_F_NESTED),
     *_COUNTER_HEADERS,
-    NLA_HDR.pack(28, CTA_TIMESTAMP | NLA_F_NESTED),
+    NLA_HDR.pack(28, CTA_TIMESTAMP | constants.NLA_F_NESTED),
     *_STAMP_HEADERS,
 )
-_COUNTER_KINDS = frozenset({CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY})
+_COUNTER_KINDS = frozenset({CTA_COUNTERS_ORIG, constants.CTA_COUNTERS_REPLY})
 # What the kernel sends after those, none of it used here, by its length: TCP's NEW (the timeout,
 # TCP's state, the event's time stamp), UDP's NEW, TCP's DESTROY (TCP's state), UDP's DESTROY. A
 # rest of one of these lengths with exactly these headers needs no walk; anything else is walked.
-_REST_TIMEOUT = NLA_HDR.pack(8, CTA_TIMEOUT)
-_REST_STAMP = NLA_HDR.pack(12, CTA_TIMESTAMP_EVENT)
+_REST_TIMEOUT = NLA_HDR.pack(8, constants.CTA_TIMEOUT)
+_REST_STAMP = NLA_HDR.pack(12, constants.CTA_TIMESTAMP_EVENT)
 _KNOWN_RESTS = {
     68: (
         struct.Struct("!4s4x4s44x4s8x"),
-        (_REST_TIMEOUT, NLA_HDR.pack(48, CTA_PROTOINFO | NLA_F_NESTED), _REST_STAMP),
+        (_REST_TIMEOUT, NLA_HDR.pack(48, constants.CTA_PROTOINFO | constants.NLA_F_NESTED), _REST_STAMP),
     ),
     20: (struct.Struct("!4s4x4s8x"), (_REST_TIMEOUT, _REST_STAMP)),
-    28: (struct.Struct("!4s12x4s8x"), (NLA_HDR.pack(16, CTA_PROTOINFO | NLA_F_NESTED), _REST_STAMP)),
+    28: (
+        struct.Struct("!4s12x4s8x"),
+        (NLA_HDR.pack(16, constants.CTA_PROTOINFO | constants.NLA_F_NESTED), _REST_STAMP),
+    ),
     12: (struct.Struct("!4s8x"), (_REST_STAMP,)),
 }
 _new = tuple.__new__

@@ -17,16 +17,6 @@ from nattrail.ctnetlink.constants import (
     CTA_COUNTERS32_PACKETS,
     CTA_COUNTERS_BYTES,
     CTA_COUNTERS_PACKETS,
-    CTA_IP_V4_DST,
-    CTA_IP_V4_SRC,
-    CTA_IP_V6_DST,
-    CTA_IP_V6_SRC,
-    CTA_PROTO_DST_PORT,
-    CTA_PROTO_ICMP_CODE,
-    CTA_PROTO_ICMP_ID,
-    CTA_PROTO_ICMP_TYPE,
-    CTA_PROTO_NUM,
-    CTA_PROTO_SRC_PORT,
     CTA_TIMESTAMP_START,
     CTA_TIMESTAMP_STOP,
     CTA_TUPLE_IP,
@@ -62,18 +52,18 @@ def _exact(data: bytes | memoryview, start: int, end: int, size: int, what: str)
 
 # attribute -> (Tuple field, size, address family) for the addresses, (Tuple field, size) for the rest
 _IP_ATTRS = {
-    CTA_IP_V4_SRC: ("src", 4, socket.AF_INET),
-    CTA_IP_V4_DST: ("dst", 4, socket.AF_INET),
-    CTA_IP_V6_SRC: ("src", 16, socket.AF_INET6),
-    CTA_IP_V6_DST: ("dst", 16, socket.AF_INET6),
+    constants.CTA_IP_V4_SRC: ("src", 4, socket.AF_INET),
+    constants.CTA_IP_V4_DST: ("dst", 4, socket.AF_INET),
+    constants.CTA_IP_V6_SRC: ("src", 16, socket.AF_INET6),
+    constants.CTA_IP_V6_DST: ("dst", 16, socket.AF_INET6),
 }
 _PROTO_ATTRS = {
-    CTA_PROTO_NUM: ("proto", 1),
-    CTA_PROTO_SRC_PORT: ("sport", 2),
-    CTA_PROTO_DST_PORT: ("dport", 2),
-    CTA_PROTO_ICMP_ID: ("icmp_id", 2),
-    CTA_PROTO_ICMP_TYPE: ("icmp_type", 1),
-    CTA_PROTO_ICMP_CODE: ("icmp_code", 1),
+    constants.CTA_PROTO_NUM: ("proto", 1),
+    constants.CTA_PROTO_SRC_PORT: ("sport", 2),
+    constants.CTA_PROTO_DST_PORT: ("dport", 2),
+    constants.CTA_PROTO_ICMP_ID: ("icmp_id", 2),
+    constants.CTA_PROTO_ICMP_TYPE: ("icmp_type", 1),
+    constants.CTA_PROTO_ICMP_CODE: ("icmp_code", 1),
 }
 
 
