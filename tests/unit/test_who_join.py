@@ -10,8 +10,10 @@ from typing import Any
 
 from who_data import KEY
 
-from nattrail import who
-from nattrail.who import At, Query
+from nattrail.who.answer import Match, Result, who
+from nattrail.who.join import restart_dumps
+from nattrail.who.logs import Record
+from nattrail.who.query import At, Query
 
 OTHER = {**KEY, "ct_id": 1002, "client_ip": "10.77.0.11", "client_port": 40002}
 ELSEWHERE = {**OTHER, "server_port": 23}  # another address pair
@@ -52,16 +54,14 @@ def ident(clock: str, key: dict[str, Any] = KEY, **answer: Any) -> str:
     return rec(clock, "ident", **key, **({"user": "alice", "ident_os": "UNIX"} | answer))
 
 
-def ask(
-    tmp_path: Path, lines: list[str], at: str = "03:12", window: int = 300, now: str = "04:00"
-) -> who.Result:
+def ask(tmp_path: Path, lines: list[str], at: str = "03:12", window: int = 300, now: str = "04:00") -> Result:
     log = tmp_path / "masq.log"
     log.write_text("".join(line + "\n" for line in lines))
     query = Query(masq_port=666, at=At(t(at), at), window=timedelta(seconds=window))
-    return who.who(query, log, now=t(now))
+    return who(query, log, now=t(now))
 
 
-def summary(match: who.Match) -> tuple[Any, ...]:
+def summary(match: Match) -> tuple[Any, ...]:
     c = match.conn
     return (c.data["ct_id"], c.opened, c.closed, match.start, match.end, match.open_at_time)
 
@@ -376,8 +376,8 @@ def test_restart_without_its_dump_proves_nothing(tmp_path: Path) -> None:
 
 
 def test_restart_dumps_pairs() -> None:
-    def r(clock: str, event: str) -> who.Record:
-        return who.Record(t(clock), event, {}, "masq.log:1", 0)
+    def r(clock: str, event: str) -> Record:
+        return Record(t(clock), event, {}, "masq.log:1", 0)
 
     records = [
         r("03:00", "resync"),
@@ -386,9 +386,9 @@ def test_restart_dumps_pairs() -> None:
         r("03:02", "resync"),
         r("03:03", "resync"),
     ]
-    assert who.restart_dumps(records) == [(t("03:01"), t("03:02"))]
+    assert restart_dumps(records) == [(t("03:01"), t("03:02"))]
     # A stop and a resync of the same instant: the resync comes first.
-    assert who.restart_dumps([r("03:01", "start"), r("03:02", "stop"), r("03:02", "resync")]) == [
+    assert restart_dumps([r("03:01", "start"), r("03:02", "stop"), r("03:02", "resync")]) == [
         (t("03:01"), t("03:02"))
     ]
 
