@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,11 @@ def _argtype(parse: Any, what: str) -> Any:  # noqa: ANN401 - wraps parsers of d
     return convert
 
 
+def _value(parse: Callable[[str], object], what: str, metavar: str) -> dict[str, Any]:
+    """The settings of an option whose text ``parse`` reads: how it is read, and how --help shows it."""
+    return {"type": _argtype(parse, what), "metavar": metavar}
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "who",
@@ -58,35 +63,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--masq-port",
         required=True,
-        type=_argtype(parse_port, "port"),
-        metavar="PORT",
+        **_value(parse_port, "port", "PORT"),
         help="the router's translated source port, as the remote side saw it",
     )
     parser.add_argument(
         "--masq-ip",
-        type=_argtype(canonical_ip, "IP address"),
-        metavar="IP",
+        **_value(canonical_ip, "IP address", "IP"),
         help="the router's translated source address (default: any)",
     )
     parser.add_argument(
         "--remote",
-        type=_argtype(parse_remote, "remote"),
-        metavar="IP[:PORT]",
+        **_value(parse_remote, "remote", "IP[:PORT]"),
         help="the remote host (and port) that was contacted",
     )
     parser.add_argument("--proto", choices=PROTOS, default="any", help="protocol (default: any)")
     parser.add_argument(
         "--at",
         required=True,
-        type=_argtype(parse_at, "time"),
-        metavar="TIME",
+        **_value(parse_at, "time", "TIME"),
         help="'YYYY-MM-DD HH:MM[:SS]', optionally with Z or +HH:MM (default zone: local), or 'now'",
     )
     parser.add_argument(
         "--window",
-        type=_argtype(parse_window, "window"),
+        **_value(parse_window, "window", "SPAN"),
         default="5m",
-        metavar="SPAN",
         help="how far around --at to look: 90, 90s, 5m, 2h, 1d (default: 5m)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -21,8 +21,11 @@ class At:
     warning: str | None = None  # set when a naive local time is ambiguous (daylight saving)
 
 
-@dataclass(frozen=True)
+# Keyword-only: seven fields, four of them optional, are too many to pass by position without a mix-up.
+@dataclass(frozen=True, kw_only=True)
 class Query:
+    """What is asked: the masquerade port, ``at`` ± ``window``, and the filters given (None: any)."""
+
     masq_port: int
     at: At
     window: timedelta
