@@ -301,12 +301,8 @@ def test_lifecycle_records_are_found_without_a_port(tmp_path: Path) -> None:
 
 def test_duplicate_records_count_once_but_lifecycle_records_of_other_files_do_too(tmp_path: Path) -> None:
     log = tmp_path / "masq.log"
-    lines = [
-        rec("03:00", "start"),
-        opened("03:10"),
-        rec("03:11", "events_lost", lost=1),
-        rec("03:12", "x", masq_port=666),
-    ]
+    unknown = rec("03:12", "x", masq_port=666)
+    lines = [rec("03:00", "start"), opened("03:10"), rec("03:11", "events_lost", lost=1), unknown]
     log.write_text(text(lines))
     (tmp_path / "masq.log-copy").write_text("")  # not a rotated name: ignored
     (tmp_path / "masq.log.1").write_text(text(lines))
