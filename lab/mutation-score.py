@@ -19,7 +19,20 @@ GROUPS: dict[str, tuple[float, tuple[str, ...]]] = {
     "rules compiler": (95.0, ("intent/nat_router.py", "intent/ulogd.py")),
     "daemons": (
         90.0,
-        ("who.py", "accounting.py", "ruleset.py", "masqlog.py", "jsonlog.py", "ident.py"),
+        (
+            "who/times.py",
+            "who/query.py",
+            "who/logs.py",
+            "who/join.py",
+            "who/answer.py",
+            "who/report.py",
+            "who/command.py",
+            "accounting.py",
+            "ruleset.py",
+            "masqlog.py",
+            "jsonlog.py",
+            "ident.py",
+        ),
     ),
 }
 KILLED = {1, 3, 24, -24, 36, 152, 255}

@@ -50,7 +50,7 @@ def test_any_change_to_a_module_is_a_new_version(tmp_path: Path) -> None:
     copy = tmp_path / "nattrail"
     shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
     before = build(copy, tmp_path / "before")["version"]
-    (copy / "who.py").write_text((copy / "who.py").read_text() + "\n")
+    (copy / "who" / "query.py").write_text((copy / "who" / "query.py").read_text() + "\n")
     after = build(copy, tmp_path / "after")["version"]
     assert before != after
     assert before.startswith("0.1.0+h") and after.startswith("0.1.0+h")

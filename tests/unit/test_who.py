@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from who_data import KEY, NEW_YORK
 
-from nattrail import who
-from nattrail.who import At, Query, parse_at, parse_remote, parse_window
+from nattrail.who import answer, command, logs
+from nattrail.who.query import At, Query, parse_at, parse_remote, parse_window
 
 ALICE = KEY
 
@@ -87,7 +87,7 @@ def write_logs(directory: Path, files: dict[str, list[str]], tail: str = "") -> 
 
 
 def run(capsys: pytest.CaptureFixture[str], log: Path, *argv: str) -> tuple[int, str, str]:
-    status = who.main([*argv, "--log", str(log)])
+    status = command.main([*argv, "--log", str(log)])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
@@ -146,7 +146,7 @@ def test_rotated_files_are_found_and_others_ignored(tmp_path: Path) -> None:
     (tmp_path / "masq.log.bak").write_text("not a log\n")
     (tmp_path / "other.log.1").write_text("not a log\n")
     (tmp_path / "masq.log-20261118-1763420000.gz").write_bytes(gzip.compress(b""))
-    names = [path.name for path in who.find_logs(log)]
+    names = [path.name for path in logs.find_logs(log)]
     assert names == [
         "masq.log",
         "masq.log-20261118-1763420000.gz",
@@ -330,12 +330,12 @@ def test_unclosed_connection_is_open_until_now_while_the_logger_runs(tmp_path: P
     log = write_logs(tmp_path, {"masq.log": [rec(z("03:00"), "start"), opened("03:10", ALICE)]})
     later = datetime(2026, 11, 21, 5, 0, tzinfo=UTC)
     query = Query(masq_port=666, at=At(later, "now"), window=timedelta(minutes=5))
-    (match,) = who.who(query, log, now=later).matches
+    (match,) = answer.who(query, log, now=later).matches
     assert match.open_at_time
 
     # Once the logger has stopped, the logs know nothing after the stop.
     write_logs(tmp_path, {"masq.log": [opened("03:10", ALICE), rec(z("03:20"), "stop")]})
-    result = who.who(query, log, now=later)
+    result = answer.who(query, log, now=later)
     assert result.matches == []
     assert any("logger stopped at 2026-11-21T03:20:00Z" in w for w in result.warnings)
 
@@ -534,7 +534,7 @@ def test_usage_errors_exit_2_naming_option_and_value(
     base = {"--masq-port": "666", "--at": "2026-11-21 03:12Z"}
     base.update(dict(zip(argv[::2], argv[1::2], strict=True)))
     with pytest.raises(SystemExit) as exit_info:
-        who.main([item for pair in base.items() for item in pair])
+        command.main([item for pair in base.items() for item in pair])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -766,9 +766,9 @@ def test_truncated_gzip_keeps_what_was_read(tmp_path: Path, capsys: pytest.Captu
 def test_the_default_log_is_the_one_the_loggers_settings_name(tmp_path: Path) -> None:
     """A router whose nattrail_log_dir is elsewhere: `nattrail who` follows masq_logger's settings."""
     settings = tmp_path / "masqlog.json"
-    assert who.default_log(settings) == "/var/log/nattrail/masq.log"  # no settings file
+    assert command.default_log(settings) == "/var/log/nattrail/masq.log"  # no settings file
     settings.write_text('{"log": "/srv/logs/masq.log", "protocols": ["tcp"]}')
-    assert who.default_log(settings) == "/srv/logs/masq.log"
+    assert command.default_log(settings) == "/srv/logs/masq.log"
     for broken in ("not json", '["a list"]', '{"log": ""}', '{"log": 5}'):
         settings.write_text(broken)
-        assert who.default_log(settings) == "/var/log/nattrail/masq.log", broken
+        assert command.default_log(settings) == "/var/log/nattrail/masq.log", broken

@@ -10,8 +10,10 @@ from typing import Any
 
 from who_data import KEY
 
-from nattrail import who
-from nattrail.who import At, Query
+from nattrail.who.answer import Match, Result, who
+from nattrail.who.join import restart_dumps
+from nattrail.who.logs import Record
+from nattrail.who.query import At, Query
 
 OTHER = {**KEY, "ct_id": 1002, "client_ip": "10.77.0.11", "client_port": 40002}
 ELSEWHERE = {**OTHER, "server_port": 23}  # another address pair
@@ -52,16 +54,19 @@ def ident(clock: str, key: dict[str, Any] = KEY, **answer: Any) -> str:
     return rec(clock, "ident", **key, **({"user": "alice", "ident_os": "UNIX"} | answer))
 
 
-def ask(
-    tmp_path: Path, lines: list[str], at: str = "03:12", window: int = 300, now: str = "04:00"
-) -> who.Result:
+def started(*lines: str) -> list[str]:
+    """A log that begins as most of these do: the logger starts at 03:00, alice connects at 03:01."""
+    return [rec("03:00", "start"), opened("03:01"), *lines]
+
+
+def ask(tmp_path: Path, lines: list[str], at: str = "03:12", window: int = 300, now: str = "04:00") -> Result:
     log = tmp_path / "masq.log"
     log.write_text("".join(line + "\n" for line in lines))
     query = Query(masq_port=666, at=At(t(at), at), window=timedelta(seconds=window))
-    return who.who(query, log, now=t(now))
+    return who(query, log, now=t(now))
 
 
-def summary(match: who.Match) -> tuple[Any, ...]:
+def summary(match: Match) -> tuple[Any, ...]:
     c = match.conn
     return (c.data["ct_id"], c.opened, c.closed, match.start, match.end, match.open_at_time)
 
@@ -185,9 +190,7 @@ def test_open_record_that_says_ident_was_skipped(tmp_path: Path) -> None:
 def test_close_joins_the_open_it_belongs_to(tmp_path: Path) -> None:
     result = ask(
         tmp_path,
-        [
-            rec("03:00", "start"),
-            opened("03:01"),
+        started(
             closed("03:01", "03:02"),
             opened("03:03"),
             # No start time in the close: the open connection of the key it is.
@@ -195,7 +198,7 @@ def test_close_joins_the_open_it_belongs_to(tmp_path: Path) -> None:
             opened("03:06"),
             # Its start is 31 s from the open's: another connection, whose open was not logged.
             closed("03:06:31", "03:07"),
-        ],
+        ),
         window=600,
     )
     assert [m.notes for m in result.matches if m.conn.closed] == [(), (), ()]
@@ -341,13 +344,7 @@ def test_first_reason_found_for_the_same_end_is_kept(tmp_path: Path) -> None:
     # The same address pair is taken again at the very moment of the restart's table dump.
     result = ask(
         tmp_path,
-        [
-            rec("03:00", "start"),
-            opened("03:01"),
-            rec("03:05", "start"),
-            opened("03:05:02", OTHER),
-            rec("03:05:02", "resync"),
-        ],
+        started(rec("03:05", "start"), opened("03:05:02", OTHER), rec("03:05:02", "resync")),
         at="03:04",
     )
     (match,) = [m for m in result.matches if m.conn.data["ct_id"] == 1001]
@@ -359,14 +356,12 @@ def test_first_reason_found_for_the_same_end_is_kept(tmp_path: Path) -> None:
 def test_restart_without_its_dump_proves_nothing(tmp_path: Path) -> None:
     result = ask(
         tmp_path,
-        [
-            rec("03:00", "start"),
-            opened("03:01"),
+        started(
             rec("03:05", "start"),
             rec("03:06", "stop"),
             rec("03:06:01", "resync"),  # after the stop: not the start's dump
             rec("03:07", "resync"),
-        ],
+        ),
         at="03:04",
         window=600,
     )
@@ -376,8 +371,8 @@ def test_restart_without_its_dump_proves_nothing(tmp_path: Path) -> None:
 
 
 def test_restart_dumps_pairs() -> None:
-    def r(clock: str, event: str) -> who.Record:
-        return who.Record(t(clock), event, {}, "masq.log:1", 0)
+    def r(clock: str, event: str) -> Record:
+        return Record(t(clock), event, {}, "masq.log:1", 0)
 
     records = [
         r("03:00", "resync"),
@@ -386,9 +381,9 @@ def test_restart_dumps_pairs() -> None:
         r("03:02", "resync"),
         r("03:03", "resync"),
     ]
-    assert who.restart_dumps(records) == [(t("03:01"), t("03:02"))]
+    assert restart_dumps(records) == [(t("03:01"), t("03:02"))]
     # A stop and a resync of the same instant: the resync comes first.
-    assert who.restart_dumps([r("03:01", "start"), r("03:02", "stop"), r("03:02", "resync")]) == [
+    assert restart_dumps([r("03:01", "start"), r("03:02", "stop"), r("03:02", "resync")]) == [
         (t("03:01"), t("03:02"))
     ]
 
@@ -455,14 +450,14 @@ def test_newest_first_then_longest(tmp_path: Path) -> None:
 
 
 def test_stopped_logger_warns_only_when_the_window_goes_past_the_stop(tmp_path: Path) -> None:
-    lines = [rec("03:00", "start"), opened("03:01"), rec("03:10", "stop")]
+    lines = started(rec("03:10", "stop"))
     assert ask(tmp_path, lines, at="03:06", window=240).warnings == []
     (warning,) = ask(tmp_path, lines, at="03:06", window=241).warnings
     assert warning == "the logger stopped at 2026-11-21T03:10:00Z and has logged nothing since"
 
 
 def test_logs_starting_after_the_window_warn(tmp_path: Path) -> None:
-    lines = [rec("03:00", "start"), opened("03:01")]
+    lines = started()
     assert ask(tmp_path, lines, at="03:05", window=300).warnings == []
     assert ask(tmp_path, lines, at="03:05", window=301).warnings == [
         "the logs start at 2026-11-21T03:00:00Z, after the window starts: older connections are not in them "
@@ -471,12 +466,7 @@ def test_logs_starting_after_the_window_warn(tmp_path: Path) -> None:
 
 
 def test_restart_without_stop_gap_starts_at_the_line_before(tmp_path: Path) -> None:
-    lines = [
-        rec("03:00", "start"),
-        opened("03:01"),
-        opened("03:02", {**KEY, "masq_port": 1}),
-        rec("03:05", "start"),
-    ]
+    lines = started(opened("03:02", {**KEY, "masq_port": 1}), rec("03:05", "start"))
     assert ask(tmp_path, lines, at="03:04", window=0).warnings == [
         "the logger restarted without logging a stop between 2026-11-21T03:02:00Z and 2026-11-21T03:05:00Z: "
         "connections in that time may be missing or incomplete"
@@ -489,31 +479,28 @@ def test_restart_without_stop_gap_starts_at_the_line_before(tmp_path: Path) -> N
 
 
 def test_restart_on_the_first_line_of_a_file_starts_where_an_older_file_ends(tmp_path: Path) -> None:
+    lines = [rec("03:05", "start"), rec("03:06", "start"), opened("03:07")]
+    tail = ": connections in that time may be missing or incomplete"
+
+    def warnings(at: str) -> list[str]:
+        return ask(tmp_path, lines, at=at, window=0).warnings
+
     (tmp_path / "masq.log.2").write_text(rec("02:00", "start") + "\n" + rec("02:30", "x", masq_port=1) + "\n")
     (tmp_path / "masq.log.1").write_text(rec("03:01", "x") + "\n" + rec("03:02", "y") + "\n")
-    result = ask(
-        tmp_path, [rec("03:05", "start"), rec("03:06", "start"), opened("03:07")], at="03:04", window=0
-    )
     # masq.log.1 ends at 03:02 and masq.log.2 at 02:30: the newest end before the restart is the start.
-    assert result.warnings == [
-        "the logger restarted without logging a stop between 2026-11-21T03:02:00Z and 2026-11-21T03:05:00Z: "
-        "connections in that time may be missing or incomplete"
+    assert warnings("03:04") == [
+        "the logger restarted without logging a stop between 2026-11-21T03:02:00Z and 2026-11-21T03:05:00Z"
+        + tail
     ]
-    result = ask(
-        tmp_path, [rec("03:05", "start"), rec("03:06", "start"), opened("03:07")], at="03:05:30", window=0
-    )
-    assert result.warnings == [
-        "the logger restarted without logging a stop between 2026-11-21T03:05:00Z and 2026-11-21T03:06:00Z: "
-        "connections in that time may be missing or incomplete"
+    assert warnings("03:05:30") == [
+        "the logger restarted without logging a stop between 2026-11-21T03:05:00Z and 2026-11-21T03:06:00Z"
+        + tail
     ]
     # An older file that ends at the very moment of the restart does not say when the gap began.
     (tmp_path / "masq.log.1").write_text(rec("03:01", "x") + "\n" + rec("03:05", "y") + "\n")
-    result = ask(
-        tmp_path, [rec("03:05", "start"), rec("03:06", "start"), opened("03:07")], at="03:04", window=0
-    )
-    assert result.warnings == [
-        "the logger restarted without logging a stop between 2026-11-21T02:30:00Z and 2026-11-21T03:05:00Z: "
-        "connections in that time may be missing or incomplete"
+    assert warnings("03:04") == [
+        "the logger restarted without logging a stop between 2026-11-21T02:30:00Z and 2026-11-21T03:05:00Z"
+        + tail
     ]
     (tmp_path / "masq.log.1").unlink()
     (tmp_path / "masq.log.2").unlink()
@@ -550,11 +537,11 @@ def test_gap_warnings_in_time_order(tmp_path: Path) -> None:
 
 
 def test_unclosed_connection_of_a_running_logger_lasts_until_now(tmp_path: Path) -> None:
-    result = ask(tmp_path, [rec("03:00", "start"), opened("03:01")], at="03:30", window=0, now="03:40")
+    result = ask(tmp_path, started(), at="03:30", window=0, now="03:40")
     (match,) = result.matches
     assert match.end == t("03:40") and match.open_at_time
     # A clock behind the logs: they end with their last record.
-    result = ask(tmp_path, [rec("03:00", "start"), opened("03:01")], at="03:01", window=0, now="02:00")
+    result = ask(tmp_path, started(), at="03:01", window=0, now="02:00")
     (match,) = result.matches
     assert match.end == t("03:01") and match.open_at_time
     assert result.end == t("03:01")

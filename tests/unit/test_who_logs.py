@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from who_data import KEY
 
-from nattrail import who
-from nattrail.who import At, Query
+from nattrail.who import answer, logs
+from nattrail.who.query import At, Query
 
 
 def t(clock: str) -> datetime:
@@ -47,8 +47,8 @@ def query(at: str = "03:12", window: int = 300, **changes: Any) -> Query:
     return Query(masq_port=666, at=At(t(at), at), window=timedelta(seconds=window), **changes)
 
 
-def scan_of(path: Path, **changes: Any) -> who.Scan:
-    return who.read_logs(path, query(**changes))
+def scan_of(path: Path, **changes: Any) -> logs.Scan:
+    return logs.read_logs(path, query(**changes))
 
 
 # --- finding and opening the files --------------------------------------------------------------------
@@ -70,7 +70,7 @@ def test_rotated_names(tmp_path: Path) -> None:
     ]
     for name in names:
         (tmp_path / name).write_text("")
-    assert [p.name for p in who.find_logs(log)] == [
+    assert [p.name for p in logs.find_logs(log)] == [
         "masq.log",
         "masq.log-2026_11_21.bz2",
         "masq.log.1.xz",
@@ -79,14 +79,14 @@ def test_rotated_names(tmp_path: Path) -> None:
     ]
     # The name is matched literally: a dot in it is not "any character".
     (tmp_path / "masqxlog.1").write_text("")
-    assert "masqxlog.1" not in [p.name for p in who.find_logs(log)]
+    assert "masqxlog.1" not in [p.name for p in logs.find_logs(log)]
 
 
 def test_missing_directory_is_reported_as_the_log_itself(tmp_path: Path) -> None:
     log = tmp_path / "gone" / "masq.log"
-    assert who.find_logs(log) == [log]
-    with pytest.raises(who.WhoError) as error:
-        who.read_logs(log, query())
+    assert logs.find_logs(log) == [log]
+    with pytest.raises(logs.WhoError) as error:
+        logs.read_logs(log, query())
     assert str(error.value) == f"no log file could be read: {log} does not exist"
 
 
@@ -100,7 +100,7 @@ def test_compression_is_sniffed_from_the_content(tmp_path: Path) -> None:
     (tmp_path / "masq.log.1").write_bytes(
         gzip.compress(text([rec("03:10:01", "ident", **KEY, user="a")]).encode())
     )
-    result = who.who(query(), log)
+    result = answer.who(query(), log)
     (match,) = result.matches
     assert match.conn.records == ["masq.log.2:2 open", "masq.log.1:1 ident", "masq.log:1 close"]
     assert match.conn.user == "a"
@@ -114,7 +114,7 @@ def test_damaged_xz_keeps_what_was_read(tmp_path: Path) -> None:
     data = lzma.compress(text([opened("03:10")] + [f'{{"x":{n}}}' for n in range(2000)]).encode())
     broken = data[:-40] + bytes(b ^ 0xFF for b in data[-40:])
     (tmp_path / "masq.log.1").write_bytes(broken)
-    result = who.who(query(), log)
+    result = answer.who(query(), log)
     assert [m.conn.records for m in result.matches] == [["masq.log.1:1 open", "masq.log:1 close"]]
     (problem,) = result.problems
     assert problem.startswith(f"error reading {tmp_path / 'masq.log.1'}: ")
@@ -124,8 +124,8 @@ def test_damaged_xz_keeps_what_was_read(tmp_path: Path) -> None:
 def test_no_readable_file_names_every_problem(tmp_path: Path) -> None:
     log = tmp_path / "masq.log"
     (tmp_path / "masq.log.1").write_bytes(b"\x28\xb5\x2f\xfd")
-    with pytest.raises(who.WhoError) as error:
-        who.read_logs(log, query())
+    with pytest.raises(logs.WhoError) as error:
+        logs.read_logs(log, query())
     rotated = tmp_path / "masq.log.1"
     assert str(error.value) == (
         f"no log file could be read: {log} does not exist; cannot read {rotated}: {rotated} is "
@@ -136,7 +136,7 @@ def test_no_readable_file_names_every_problem(tmp_path: Path) -> None:
 def test_same_file_twice_is_read_once(tmp_path: Path) -> None:
     log = tmp_path / "masq.log"
     log.write_text(text([opened("03:10"), closed("03:10", "03:20")]))
-    scanner = who.Scanner(query())
+    scanner = logs.Scanner(query())
     scan = scanner.read([log, log])
     assert scan.files == [str(log)]
     assert len(scan.records) == 2
@@ -161,7 +161,7 @@ def test_stop_at_the_same_instant_as_another_record_ends_the_logs(tmp_path: Path
     log.write_text(text([opened("03:10"), rec("03:11", "stop"), opened("03:11", {**KEY, "ct_id": 2})]))
     scan = scan_of(log)
     assert (scan.last, scan.last_event) == (t("03:11"), "stop")
-    result = who.who(query(at="03:20", window=600), log, now=t("04:00"))
+    result = answer.who(query(at="03:20", window=600), log, now=t("04:00"))
     assert "the logger stopped at 2026-11-21T03:11:00Z and has logged nothing since" in result.warnings
     # Written the other way round, the stop still wins.
     log.write_text(text([opened("03:10"), opened("03:11", {**KEY, "ct_id": 2}), rec("03:11", "stop")]))
@@ -212,7 +212,7 @@ def test_bad_records_are_counted_once_each(tmp_path: Path) -> None:
     ]
     log.write_text(text([rec("03:00", "start"), *bad, *bad[3:], opened("03:10")]), encoding="latin-1")
     (tmp_path / "masq.log.1").write_text(text([rec("02:00", "start"), bad[0], bad[3]]), encoding="latin-1")
-    result = who.who(query(), log)
+    result = answer.who(query(), log)
     # The same damaged line in two places (a copied log) is one problem; a wrong field is one per line.
     assert result.problems == ["skipped 7 unparseable log lines"]
     assert len(result.matches) == 1
@@ -263,10 +263,10 @@ def test_unknown_events_are_counted_by_name(tmp_path: Path) -> None:
             ]
         )
     )
-    result = who.who(query(), log)
+    result = answer.who(query(), log)
     assert result.problems == ["skipped 4 with unknown events (open_v2, reopen) log lines"]
     log.write_text(text([rec("03:00", "start"), rec("03:03", "open_v2", masq_port=666)]))
-    assert who.who(query(), log).problems == ["skipped 1 with unknown events (open_v2) log line"]
+    assert answer.who(query(), log).problems == ["skipped 1 with unknown events (open_v2) log line"]
 
 
 def test_lifecycle_records_are_found_without_a_port(tmp_path: Path) -> None:
@@ -301,12 +301,8 @@ def test_lifecycle_records_are_found_without_a_port(tmp_path: Path) -> None:
 
 def test_duplicate_records_count_once_but_lifecycle_records_of_other_files_do_too(tmp_path: Path) -> None:
     log = tmp_path / "masq.log"
-    lines = [
-        rec("03:00", "start"),
-        opened("03:10"),
-        rec("03:11", "events_lost", lost=1),
-        rec("03:12", "x", masq_port=666),
-    ]
+    unknown = rec("03:12", "x", masq_port=666)
+    lines = [rec("03:00", "start"), opened("03:10"), rec("03:11", "events_lost", lost=1), unknown]
     log.write_text(text(lines))
     (tmp_path / "masq.log-copy").write_text("")  # not a rotated name: ignored
     (tmp_path / "masq.log.1").write_text(text(lines))
@@ -321,7 +317,7 @@ def test_bool_port_is_not_a_port(tmp_path: Path) -> None:
     log = tmp_path / "masq.log"
     record = {**KEY, "masq_port": True}
     log.write_text(text([rec("03:10", "open", compact=False, **record, opened=z("03:10"))]))
-    result = who.who(Query(masq_port=1, at=At(t("03:12"), "03:12"), window=timedelta(minutes=5)), log)
+    result = answer.who(Query(masq_port=1, at=At(t("03:12"), "03:12"), window=timedelta(minutes=5)), log)
     assert result.matches == []
 
 
@@ -337,12 +333,12 @@ def test_logged_addresses_are_compared_canonically(tmp_path: Path) -> None:
             ]
         )
     )
-    result = who.who(query(masq_ip="2001:db8::2", remote_ip="2001:db8::53", remote_port=22), log)
+    result = answer.who(query(masq_ip="2001:db8::2", remote_ip="2001:db8::53", remote_port=22), log)
     (match,) = result.matches
     assert (match.conn.data["client_ip"], match.conn.data["server_ip"]) == ("fd00:77::10", "2001:db8::53")
     assert match.conn.records == ["masq.log:1 open", "masq.log:2 close"]
     # An address that is not one is kept as logged.
-    result = who.who(query(), log)
+    result = answer.who(query(), log)
     assert sorted(str(m.conn.data["masq_ip"]) for m in result.matches) == ["2001:db8::2", "router"]
 
 
@@ -357,7 +353,7 @@ def test_stop_record_with_its_event_late_in_the_line_still_ends_the_logs(tmp_pat
     log = tmp_path / "masq.log"
     stop = '{"ts":"2026-11-21T03:20:00Z","level":"info","message":"' + "x" * 80 + '","event":"stop"}'
     log.write_text(text([rec("03:00", "start"), opened("03:05"), stop]))
-    result = who.who(query(at="03:30", window=900), log, now=t("04:00"))
+    result = answer.who(query(at="03:30", window=900), log, now=t("04:00"))
     assert result.warnings == ["the logger stopped at 2026-11-21T03:20:00Z and has logged nothing since"]
     assert [m.end for m in result.matches] == [t("03:20")]
 
@@ -382,7 +378,7 @@ def test_records_of_one_instant_keep_their_order(tmp_path: Path) -> None:
     (tmp_path / "masq.log.1").write_text(
         text([rec("02:00", "start"), rec("02:30", "resync", open=0), rec("02:30", "resync", open=1)])
     )
-    result = who.who(query(), log)
+    result = answer.who(query(), log)
     (match,) = result.matches
     assert match.conn.user == "third"
     assert match.conn.records[1:] == ["masq.log:3 ident", "masq.log:4 ident", "masq.log:5 ident"]

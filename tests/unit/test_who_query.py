@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from who_data import NEW_YORK
 
-from nattrail import who
-from nattrail.who import At, Query, parse_at, parse_port, parse_remote, parse_window
+from nattrail.who import command
+from nattrail.who.query import At, Query, canonical_ip, parse_at, parse_port, parse_remote, parse_window
 
 NEWFOUNDLAND = "NST3:30NDT,M3.2.0,M11.1.0"
 INDIA = "IST-5:30"
@@ -92,7 +92,7 @@ def test_ambiguous_at_warns_with_the_answer(
     local_zone(NEW_YORK)
     log = tmp_path / "masq.log"
     log.write_text('{"ts":"2026-11-01T05:00:00Z","level":"info","event":"start"}\n')
-    status = who.main(["--masq-port", "666", "--at", "2026-11-01 01:30", "--log", str(log)])
+    status = command.main(["--masq-port", "666", "--at", "2026-11-01 01:30", "--log", str(log)])
     err = capsys.readouterr().err
     assert status == 1
     assert (
@@ -230,7 +230,7 @@ def test_remote_errors(text: str, message: str) -> None:
 
 
 def test_masq_ip_is_canonical() -> None:
-    assert who.canonical_ip(" 2001:DB8:0::2 ") == "2001:db8::2"
+    assert canonical_ip(" 2001:DB8:0::2 ") == "2001:db8::2"
     with pytest.raises(ValueError) as error:
-        who.canonical_ip("203.0.113")
+        canonical_ip("203.0.113")
     assert str(error.value) == "not an IP address: '203.0.113'"

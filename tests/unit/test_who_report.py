@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
-from nattrail import who
+from nattrail.who import command
+from nattrail.who.join import COUNTER_FIELDS
+from nattrail.who.report import endpoint, format_duration
+from nattrail.who.times import format_time
 
 ALICE6 = {
     "proto": "udp",
@@ -36,7 +39,7 @@ def write(path: Path, lines: list[str]) -> Path:
 
 
 def run(capsys: pytest.CaptureFixture[str], log: Path, *argv: str) -> tuple[int, str, str]:
-    status = who.main([*argv, "--log", str(log)])
+    status = command.main([*argv, "--log", str(log)])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
@@ -59,23 +62,23 @@ def run(capsys: pytest.CaptureFixture[str], log: Path, *argv: str) -> tuple[int,
     ],
 )
 def test_format_duration(seconds: float | None, text: str) -> None:
-    assert who.format_duration(seconds) == text
+    assert format_duration(seconds) == text
 
 
 def test_format_time() -> None:
-    assert who.format_time(None) == "-"
+    assert format_time(None) == "-"
     plus_two = timezone(timedelta(hours=2))
-    assert who.format_time(datetime(2026, 11, 21, 5, 12, tzinfo=plus_two)) == "2026-11-21T03:12:00Z"
-    assert who.format_time(datetime(2026, 11, 21, 3, 12, 0, 5, tzinfo=UTC)) == "2026-11-21T03:12:00.000005Z"
+    assert format_time(datetime(2026, 11, 21, 5, 12, tzinfo=plus_two)) == "2026-11-21T03:12:00Z"
+    assert format_time(datetime(2026, 11, 21, 3, 12, 0, 5, tzinfo=UTC)) == "2026-11-21T03:12:00.000005Z"
 
 
 def test_endpoint() -> None:
-    assert who.endpoint(None, 666) == "*:666"
-    assert who.endpoint(None, None) == "*"
-    assert who.endpoint("2001:db8::2", 666) == "[2001:db8::2]:666"
-    assert who.endpoint("2001:db8::2", None) == "[2001:db8::2]"
-    assert who.endpoint("203.0.113.2", None) == "203.0.113.2"
-    assert who.endpoint("203.0.113.2", 0) == "203.0.113.2:0"
+    assert endpoint(None, 666) == "*:666"
+    assert endpoint(None, None) == "*"
+    assert endpoint("2001:db8::2", 666) == "[2001:db8::2]:666"
+    assert endpoint("2001:db8::2", None) == "[2001:db8::2]"
+    assert endpoint("203.0.113.2", None) == "203.0.113.2"
+    assert endpoint("203.0.113.2", 0) == "203.0.113.2:0"
 
 
 # --- the human report ---------------------------------------------------------------------------------
@@ -180,7 +183,7 @@ def test_json_report_of_the_query(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert earlier["duration"] == 2.5 and earlier["closed"] == "2026-11-21T03:10:12.500000Z"
     assert later["ident_logged"] is False
     # Counters that are not counts are shown as unknown.
-    assert [later[name] for name in who.COUNTER_FIELDS] == [None, None, None, 1258291]
+    assert [later[name] for name in COUNTER_FIELDS] == [None, None, None, 1258291]
     assert later["duration"] == 3661.0
     assert report["warnings"] == []
 
@@ -200,7 +203,7 @@ def test_json_of_an_unclosed_connection(tmp_path: Path, capsys: pytest.CaptureFi
         "start unknown (its open was not logged); taken as the start of the logs, 2026-11-21T03:10:00Z",
         "no close logged; open when the logger stopped at 2026-11-21T03:11:00Z",
     ]
-    assert [match[name] for name in who.COUNTER_FIELDS] == [None] * 4
+    assert [match[name] for name in COUNTER_FIELDS] == [None] * 4
 
 
 def test_local_at_is_reported_in_json(
@@ -312,7 +315,7 @@ def test_main_reads_the_command_line(
         str(log),
     ]
     monkeypatch.setattr(sys, "argv", argv)
-    assert who.main() == 0
+    assert command.main() == 0
     assert capsys.readouterr().out.startswith("1 connection through *:666 (any protocol) between ")
 
 
@@ -320,7 +323,7 @@ def test_default_window_and_log(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="nattrail")
-    who.register(parser.add_subparsers(dest="command"))
+    command.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["who", "--masq-port", "666", "--at", "2026-11-21 03:12Z"])
     assert args.window == timedelta(minutes=5)
     assert args.log is None  # resolved at run time from the logger's settings (default_log)
@@ -355,12 +358,12 @@ def test_help_explains_every_option(
 
     monkeypatch.setenv("COLUMNS", "100")
     parser = argparse.ArgumentParser(prog="nattrail")
-    who.register(parser.add_subparsers(dest="command"))
+    command.register(parser.add_subparsers(dest="command"))
     with pytest.raises(SystemExit):
         parser.parse_args(["--help"])
     assert re.search(r"\n +who +who used a masquerade port at a given time\n", capsys.readouterr().out)
     with pytest.raises(SystemExit):
-        who.main(["--help"])
+        command.main(["--help"])
     assert " ".join(capsys.readouterr().out.split()) == (
         "usage: nattrail who [-h] --masq-port PORT [--masq-ip IP] [--remote IP[:PORT]] "
         "[--proto {tcp,udp,icmp,any}] --at TIME [--window SPAN] [--json] [--log FILE] "
@@ -383,7 +386,7 @@ def test_help_explains_every_option(
 
 def test_usage_error_names_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        who.main(["--masq-port", "0", "--at", "now"])
+        command.main(["--masq-port", "0", "--at", "now"])
     err = capsys.readouterr().err
     assert err.startswith("usage: nattrail who [-h] --masq-port PORT")
     assert (
@@ -401,11 +404,11 @@ def test_run_uses_the_given_clock_and_prints_indented_json(
         [rec("2026-11-21T03:00:00Z", "start"), rec("2026-11-21T03:10:00Z", "open", **ALICE6)],
     )
     parser = argparse.ArgumentParser(prog="nattrail")
-    who.register(parser.add_subparsers(dest="command"))
+    command.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["who", "--masq-port", "666", "--at", "2026-11-21 03:10Z", "--json", "--log", str(log)]
     )
-    assert who.run(args, now=datetime(2026, 11, 21, 3, 30, tzinfo=UTC)) == 0
+    assert command.run(args, now=datetime(2026, 11, 21, 3, 30, tzinfo=UTC)) == 0
     out = capsys.readouterr().out
     assert out.startswith('{\n  "query": {\n    "masq_port": 666,\n')
     (match,) = json.loads(out)["matches"]

@@ -1,0 +1,3 @@
+from nattrail.who.command import main
+
+raise SystemExit(main())
