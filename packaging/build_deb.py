@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import sys
 import tarfile
 import tomllib
@@ -148,7 +149,9 @@ def build(src: Path, out: Path, base: str) -> dict[str, str]:
     name = f"{PACKAGE}_{ver}_all.deb"
     target = out / name
     if not target.exists() or target.read_bytes() != deb:
-        partial = out / f".{name}.partial"
+        # A name of its own per build: site.yml configures routers at their own pace, so two routers'
+        # builds of the same sources can run at once; each renames a whole file over the target.
+        partial = out / f".{name}.{os.getpid()}.partial"
         partial.write_bytes(deb)
         partial.replace(target)
     return {"path": str(target), "file": name, "version": ver, "sha256": hashlib.sha256(deb).hexdigest()}

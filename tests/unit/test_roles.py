@@ -55,12 +55,16 @@ def site_plays() -> list[dict]:
 
 
 def included_roles(task: dict) -> tuple[dict, str]:
+    """The include_role of a site task and what it loops over; the loop variable is the role's name,
+    and not `item`, which the roles' own loops use."""
     include = task.get("ansible.builtin.include_role", {})
+    assert include.get("name") == ROLE and task.get("loop_control", {}).get("loop_var") == "site_role", task
     return include, task.get("loop", "")
 
 
 # What both plays loop over: the roles of the host's groups, computed once in the shared vars.
 ROLES_OF_HOST = "{{ site_roles_of_host }}"
+ROLE = "{{ site_role }}"
 
 
 def test_site_checks_every_host_before_any_host_changes() -> None:
