@@ -44,9 +44,12 @@ def test_the_check_changes_nothing_and_main_starts_with_it(role: str) -> None:
     assert not modules & set(CHANGING), (
         f"roles/{role}/tasks/check.yml changes the host: {modules & set(CHANGING)}"
     )
-    first = load(REPO / "roles" / role / "tasks" / "main.yml")[0]
-    assert first.get("ansible.builtin.import_tasks") == "check.yml", (
-        f"roles/{role}: main.yml must start with the check"
+    main = [
+        task.get("ansible.builtin.import_tasks")
+        for task in load(REPO / "roles" / role / "tasks" / "main.yml")
+    ]
+    assert main == ["check.yml", "configure.yml"], (
+        f"roles/{role}: main.yml must be the check, then configure.yml (what site.yml runs apart)"
     )
 
 
@@ -87,7 +90,7 @@ def test_site_configures_each_host_with_its_groups_roles_in_order() -> None:
     assert check["vars"] is configure["vars"], "both plays must read one site_roles (a YAML anchor)"
     (task,) = configure["tasks"]
     include, loop = included_roles(task)
-    assert include.get("tasks_from", "main") == "main" and include.get("public") is True, task
+    assert include.get("tasks_from") == "configure" and include.get("public") is True, task
     assert loop == ROLES_OF_HOST, task
     listed = {role for roles in configure["vars"]["site_roles"].values() for role in roles}
     assert listed == set(ROLES), f"site_roles must give every role to a group: {set(ROLES) ^ listed}"

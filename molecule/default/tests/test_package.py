@@ -48,13 +48,20 @@ def test_a_converge_replaces_a_package_with_an_extra_module_and_leaves_no_stale_
         (src / "stale_probe.py").write_text('"""A module that the next build no longer has."""\n')
         extra = build(src, Path(tmp) / "out")
         subprocess.run(["docker", "cp", extra["path"], "nattrail-router:/var/tmp/extra.deb"], check=True)
+    # And the file-by-file copy that earlier versions of the role left under /usr/local, which the
+    # converge that installs the package removes.
+    version = router.check("python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'").strip()
+    old_copy = (f"/usr/local/lib/python{version}/dist-packages/nattrail", "/usr/local/bin/nattrail")
     try:
         router.check("dpkg -i /var/tmp/extra.deb")
         assert router.run(f"test -f {STALE}").rc == 0
+        router.check(f"mkdir -p {old_copy[0]} && touch {old_copy[0]}/cli.py && touch {old_copy[1]}")
         result = converge("--limit", "router")
         assert result.returncode == 0, result.stdout[-3000:]
         assert "Install the nattrail package" in result.stdout
         assert router.run(f"test -e {STALE}").rc == 1, "a module removed from the sources stayed behind"
         assert router.run("dpkg --verify nattrail").stdout == ""
+        for path in old_copy:
+            assert router.run(f"test -e {path}").rc == 1, f"the old file-by-file copy {path} stayed behind"
     finally:
-        router.run("rm -f /var/tmp/extra.deb")
+        router.run(f"rm -f /var/tmp/extra.deb {old_copy[1]}; rm -rf {old_copy[0]}")
