@@ -32,7 +32,8 @@ from test_ctnetlink import captured
 from nattrail import ctnetlink, masqlog
 from nattrail.ctnetlink import IPS_SRC_NAT, Conntrack, Counters, Tuple
 from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat
-from nattrail.masqlog import Config, ConfigError, MasqLogger, build_config
+from nattrail.masqlog import MasqLogger
+from nattrail.masqlog.config import Config, ConfigError, build_config
 
 NOW_NS = int(datetime(2026, 11, 21, 3, 12, 0, tzinfo=UTC).timestamp()) * 10**9
 

@@ -37,7 +37,8 @@ from nattrail.cli import build_parser
 from nattrail.cli import main as cli_main
 from nattrail.ctnetlink import Conntrack
 from nattrail.jsonlog import EpochStamp, JsonLog
-from nattrail.masqlog import Config, MasqLogger
+from nattrail.masqlog import MasqLogger
+from nattrail.masqlog.config import Config, ConfigError, build_config
 
 CLONE_NEWNET = 0x40000000
 
@@ -232,16 +233,16 @@ def test_config_file_problems_name_the_file(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_build_config_keeps_each_type_and_checks_every_number() -> None:
-    config = masqlog.build_config(
+    config = build_config(
         {"protocols": ["udp", "tcp", "udp"], "rcvbuf": 4096, "ident_rate": 2, "syslog": True, "log": "x"}
     )
     assert config.protocols == ("udp", "tcp")  # duplicates dropped, order kept
     assert config.ident_rate == 2.0 and type(config.ident_rate) is float
     assert config.rcvbuf == 4096 and type(config.rcvbuf) is int
     assert (config.syslog, config.log) == (True, "x")
-    assert masqlog.build_config({"ident_port": 65535}).ident_port == 65535
-    assert masqlog.build_config({"rcvbuf": 100_000}).rcvbuf == 100_000  # only a port stops at 65535
-    assert masqlog.build_config({}) == Config()
+    assert build_config({"ident_port": 65535}).ident_port == 65535
+    assert build_config({"rcvbuf": 100_000}).rcvbuf == 100_000  # only a port stops at 65535
+    assert build_config({}) == Config()
     bad = {
         "ident_timeout": ("1", "ident_timeout: expected a number, got '1'"),
         "ident_burst": (True, "ident_burst: expected a number, got True"),
@@ -255,14 +256,14 @@ def test_build_config_keeps_each_type_and_checks_every_number() -> None:
         "max_tracked": (2.0, "max_tracked: expected an integer, got 2.0"),
     }
     for key, (value, message) in bad.items():
-        with pytest.raises(masqlog.ConfigError) as caught:
-            masqlog.build_config({key: value})
+        with pytest.raises(ConfigError) as caught:
+            build_config({key: value})
         assert str(caught.value) == message
-    with pytest.raises(masqlog.ConfigError) as caught:
-        masqlog.build_config({"zeta": 1, "alpha": 2})
+    with pytest.raises(ConfigError) as caught:
+        build_config({"zeta": 1, "alpha": 2})
     assert str(caught.value).startswith("unknown settings: alpha, zeta; known: ident, ident_burst, ")
-    with pytest.raises(masqlog.ConfigError) as caught:
-        masqlog.build_config({"protocols": ["tcp", "gre", "sctp"]})
+    with pytest.raises(ConfigError) as caught:
+        build_config({"protocols": ["tcp", "gre", "sctp"]})
     assert str(caught.value) == "protocols: unknown ['gre', 'sctp']; choose from tcp, udp, icmp"
 
 
