@@ -34,6 +34,7 @@ from nattrail.ctnetlink import IPS_SRC_NAT, Conntrack, Counters, Tuple
 from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat
 from nattrail.masqlog import MasqLogger
 from nattrail.masqlog.config import Config, ConfigError, build_config
+from nattrail.masqlog.records import _seconds, connection_fields
 
 NOW_NS = int(datetime(2026, 11, 21, 3, 12, 0, tzinfo=UTC).timestamp()) * 10**9
 
@@ -191,9 +192,9 @@ def conntracks(draw: st.DrawFn) -> Conntrack:
 
 @given(st.integers(0, 10**15))  # up to 11 days
 def test_durations_are_seconds_to_the_nearest_microsecond(ns: int) -> None:
-    assert abs(masqlog._seconds(ns) * 1e6 - ns / 1000) <= 0.5 + 1e-6
+    assert abs(_seconds(ns) * 1e6 - ns / 1000) <= 0.5 + 1e-6
     # What round(ns / 1e9, 6) gives, except on an exact half, where _seconds rounds up.
-    assert masqlog._seconds(ns) == round(ns / 1e9, 6) or ns % 1000 == 500
+    assert _seconds(ns) == round(ns / 1e9, 6) or ns % 1000 == 500
 
 
 @given(conntracks(), st.sampled_from(["plain", "skipped", "resync"]))
@@ -213,7 +214,7 @@ def test_open_and_close_lines_are_the_records_the_general_encoder_makes(ct: Conn
     logger.handle(opening)
     logger.handle(ct)
     logger.flush()
-    conn = masqlog.connection_fields(ct)
+    conn = connection_fields(ct)
     opened = (stamp(ct.start_ns) if ct.start_ns else None) if kind == "resync" else now
     extra: dict[str, Any] = {"resync": True} if kind == "resync" else {}
     if kind == "skipped" and ct.orig.proto == 6:

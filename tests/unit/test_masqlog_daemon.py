@@ -39,6 +39,7 @@ from nattrail.ctnetlink import Conntrack
 from nattrail.jsonlog import EpochStamp, JsonLog
 from nattrail.masqlog import MasqLogger
 from nattrail.masqlog.config import Config, ConfigError, build_config
+from nattrail.masqlog.records import _seconds, connection_fields
 
 CLONE_NEWNET = 0x40000000
 
@@ -754,7 +755,7 @@ def test_closes_of_connections_never_seen_opening() -> None:
     logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 1, start_ns=None, stop_ns=None, counters_orig=None))
     logger.flush()
     full, bare = records(stream)
-    fields = masqlog.connection_fields(tcp_end)
+    fields = connection_fields(tcp_end)
     assert fields.items() <= full.items()
     assert full["opened"] == EpochStamp()(tcp_end.start_ns) and full["closed"] == EpochStamp()(
         tcp_end.stop_ns
@@ -788,5 +789,5 @@ def test_closes_are_counted_and_timed_by_our_clock_without_kernel_timestamps() -
     closes = [r for r in records(stream) if r["event"] == "close"]
     assert [r["duration"] for r in closes[:2]] == [0.123457, 0.123457]  # to the microsecond
     assert closes[0]["opened"] == "2026-11-21T03:12:00.000000Z"  # when we saw it open
-    assert [r["duration"] for r in closes[2:]] == [masqlog._seconds(tcp_end.stop_ns - tcp_end.start_ns)] * 2
+    assert [r["duration"] for r in closes[2:]] == [_seconds(tcp_end.stop_ns - tcp_end.start_ns)] * 2
     assert logger.stats.closes == 4 and logger.tracked == {}
