@@ -32,9 +32,9 @@ from test_ctnetlink import captured
 from nattrail import ctnetlink, masqlog
 from nattrail.ctnetlink import IPS_SRC_NAT, Conntrack, Counters, Tuple
 from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat
-from nattrail.masqlog import MasqLogger
 from nattrail.masqlog.config import Config, ConfigError, build_config
 from nattrail.masqlog.records import _seconds, connection_fields
+from nattrail.masqlog.tracker import MasqLogger, Stats
 
 NOW_NS = int(datetime(2026, 11, 21, 3, 12, 0, tzinfo=UTC).timestamp()) * 10**9
 
@@ -282,7 +282,7 @@ def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> No
     tcp_new, _icmp, tcp_end = events()[:3]
     end_datagram = datagram_of(tcp_end)
 
-    async def scenario() -> tuple[list[list[int | None]], list[int], masqlog.Stats]:
+    async def scenario() -> tuple[list[list[int | None]], list[int], Stats]:
         clock = Clock()
         logger, _ = make_logger()
         logger.monotonic = clock

@@ -37,9 +37,9 @@ from nattrail.cli import build_parser
 from nattrail.cli import main as cli_main
 from nattrail.ctnetlink import Conntrack
 from nattrail.jsonlog import EpochStamp, JsonLog
-from nattrail.masqlog import MasqLogger
 from nattrail.masqlog.config import Config, ConfigError, build_config
 from nattrail.masqlog.records import _seconds, connection_fields
+from nattrail.masqlog.tracker import MasqLogger, Stats
 
 CLONE_NEWNET = 0x40000000
 
@@ -302,7 +302,7 @@ def test_stats_and_skips_records() -> None:
         "ident_in_flight": 0,
         "closes": 0,
     }
-    assert set(stats) >= set(vars(masqlog.Stats()))
+    assert set(stats) >= set(vars(Stats()))
 
 
 def test_events_lost_records_count_the_overruns() -> None:
@@ -347,7 +347,7 @@ def test_ident_answers_and_errors_are_counted_and_logged() -> None:
         asked.append((*args, kwargs))
         return replies.pop(0)
 
-    async def scenario() -> tuple[list[dict[str, Any]], masqlog.Stats, int]:
+    async def scenario() -> tuple[list[dict[str, Any]], Stats, int]:
         stream = io.StringIO()
         config = replace(Config(), ident_timeout=3.5, ident_port=1113)
         logger = MasqLogger(config, JsonLog(stream=stream), query=query, clock_ns=lambda: NOW_NS)
@@ -457,7 +457,7 @@ def test_datagrams_that_do_not_fit_or_decode_are_counted_and_logged() -> None:
     tcp_new = events()[0]
     good = datagram_of(tcp_new)
 
-    async def scenario() -> tuple[list[dict[str, Any]], masqlog.Stats, int]:
+    async def scenario() -> tuple[list[dict[str, Any]], Stats, int]:
         logger, stream = make_logger()
         kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         with kernel, ours:
