@@ -32,13 +32,16 @@ import pytest
 from conftest import netns_unavailable
 from test_masqlog import NOW_NS, datagram_of, events, make_logger, records, snat_loopback
 
-from nattrail import __version__, ident, masqlog
+from nattrail import __version__, ident
 from nattrail.cli import build_parser
 from nattrail.cli import main as cli_main
 from nattrail.ctnetlink import Conntrack
 from nattrail.jsonlog import EpochStamp, JsonLog
 from nattrail.masqlog.config import Config, ConfigError, build_config
+from nattrail.masqlog.daemon import Daemon, Reaping
+from nattrail.masqlog.kernel import shortest_timeout, walk_threshold
 from nattrail.masqlog.records import _seconds, connection_fields
+from nattrail.masqlog.service import every, run, syslog_sink
 from nattrail.masqlog.tracker import MasqLogger, Stats
 
 CLONE_NEWNET = 0x40000000
@@ -101,7 +104,7 @@ def test_the_daemon_logs_signals_timers_and_stops_cleanly(tmp_path: Path) -> Non
 
     async def scenario() -> int:
         log = JsonLog(config.log, fields={"daemon": "masqlog"})
-        daemon = asyncio.create_task(masqlog.run(config, log=log))
+        daemon = asyncio.create_task(run(config, log=log))
         server = await asyncio.start_server(lambda r, w: w.close(), "0.0.0.0", 7000)
         await until(lambda: any(r["event"] == "resync" for r in read_log(path)), "the start-up resync")
         loop = asyncio.get_running_loop()
@@ -269,8 +272,8 @@ def test_build_config_keeps_each_type_and_checks_every_number() -> None:
 
 
 def test_syslog_copy_only_when_asked() -> None:
-    assert masqlog.syslog_sink(Config()) is None
-    assert callable(masqlog.syslog_sink(Config(syslog=True)))
+    assert syslog_sink(Config()) is None
+    assert callable(syslog_sink(Config(syslog=True)))
 
 
 # --- records the daemon writes besides opens and closes -----------------------------------------------
@@ -286,7 +289,7 @@ def test_stats_and_skips_records() -> None:
     logger.report_skips()  # counted since the last report
     logger.handle(events()[0])
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        masqlog.Daemon(logger, sock, list).log_stats()
+        Daemon(logger, sock, list).log_stats()
     skips, _, stats = records(stream)
     assert {k: skips[k] for k in ("event", "level", "rate", "concurrency")} == {
         "event": "ident_skips",
@@ -401,7 +404,7 @@ def test_a_failed_dump_is_logged_and_the_next_overrun_resyncs_again() -> None:
             raise OSError(105, "No buffer space available")
 
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            daemon = masqlog.Daemon(logger, sock, dump)
+            daemon = Daemon(logger, sock, dump)
             daemon.start_resync()
             await until(lambda: not daemon.resyncing, "the failed dump")
             window_left = logger.window is not None
@@ -420,7 +423,7 @@ def test_a_failed_dump_is_logged_and_the_next_overrun_resyncs_again() -> None:
 def test_a_stopping_daemon_does_not_resync() -> None:
     logger, _ = make_logger()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        daemon = masqlog.Daemon(logger, sock, lambda: pytest.fail("no dump while stopping"))
+        daemon = Daemon(logger, sock, lambda: pytest.fail("no dump while stopping"))
         daemon.stopped = True
         daemon.start_resync()
     assert not daemon.resyncing and logger.window is None
@@ -435,7 +438,7 @@ def test_reopen_continues_in_a_new_file_or_says_why_not(
     log = JsonLog(path, fields={"daemon": "masqlog"})
     logger = MasqLogger(replace(Config(), log=str(path), ident=False), log)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.closing(log):
-        daemon = masqlog.Daemon(logger, sock, list)
+        daemon = Daemon(logger, sock, list)
         path.rename(tmp_path / "masq.log.1")  # logrotate
         daemon.reopen()
         assert [(r["event"], r["path"]) for r in read_log(path)] == [("reopened", str(path))]
@@ -464,7 +467,7 @@ def test_datagrams_that_do_not_fit_or_decode_are_counted_and_logged() -> None:
             ours.setblocking(False)
             from nattrail import mmsg  # noqa: PLC0415
 
-            daemon = masqlog.Daemon(logger, ours, list, reader=mmsg.RecvReader(ours, size=len(good)))
+            daemon = Daemon(logger, ours, list, reader=mmsg.RecvReader(ours, size=len(good)))
             kernel.send(good + b"\0" * 16)  # larger than the read buffer
             kernel.send(good[:20])  # cut inside a message
             kernel.send(good)
@@ -499,7 +502,7 @@ def test_read_events_stops_at_its_budget_and_when_the_queue_is_empty() -> None:
             ours.setblocking(False)
             from nattrail import mmsg  # noqa: PLC0415
 
-            daemon = masqlog.Daemon(logger, ours, list, reader=mmsg.RecvReader(ours))
+            daemon = Daemon(logger, ours, list, reader=mmsg.RecvReader(ours))
             for _ in range(3):
                 kernel.send(good)
             first = daemon.read_events(2)
@@ -521,7 +524,7 @@ def test_every_repeats_an_action_and_awaits_what_it_returns() -> None:
             done.append("called")
             return later() if len(done) < 3 else None
 
-        task = asyncio.create_task(masqlog.every(0.001, action))
+        task = asyncio.create_task(every(0.001, action))
         await until(lambda: len(done) >= 4, "four steps")
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -556,7 +559,7 @@ def test_an_overrun_is_written_down_and_starts_a_resync_after_the_queue_is_read(
         dumps: list[int] = []
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             reader = OverrunReader([OSError(errno.ENOBUFS, "No buffer space available"), [good]])
-            daemon = masqlog.Daemon(logger, sock, lambda: dumps.append(1) or [], reader=reader)
+            daemon = Daemon(logger, sock, lambda: dumps.append(1) or [], reader=reader)
             received = daemon.read_events(10)
             await until(lambda: not daemon.resyncing, "the resync")
         return records(stream), received, len(dumps)
@@ -574,7 +577,7 @@ def test_a_socket_error_other_than_an_overrun_is_raised_after_flushing() -> None
     good = datagram_of(events()[0])
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         reader = OverrunReader([[good], OSError(errno.EBADF, "Bad file descriptor")])
-        daemon = masqlog.Daemon(logger, sock, list, reader=reader)
+        daemon = Daemon(logger, sock, list, reader=reader)
         with pytest.raises(OSError, match="Bad file descriptor"):
             daemon.read_events(10)
     assert [r["event"] for r in records(stream)] == ["open"]
@@ -616,7 +619,7 @@ def test_a_live_connection_is_looked_up_again_when_conntrack_says_it_expires() -
             return answers.pop(0)
 
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            daemon = masqlog.Daemon(logger, sock, list, reaping=masqlog.Reaping(lookup=lookup))
+            daemon = Daemon(logger, sock, list, reaping=Reaping(lookup=lookup))
             logger.handle(tcp_new)
             logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 1))
             for at in (110.0, 115.999, 116.0, 139.999, 140.0):
@@ -652,16 +655,16 @@ def test_kernel_settings_that_cannot_be_read_are_left_out(tmp_path: Path) -> Non
     (tmp_path / "nf_conntrack_tcp_timeout_close").write_text("1\n")
     (tmp_path / "nf_conntrack_tcp_timeout_established").mkdir()  # unreadable
     (tmp_path / "nf_conntrack_tcp_timeout_max_retrans").write_text("many\n")
-    assert masqlog.shortest_timeout(("tcp",), tmp_path) == 1.0
+    assert shortest_timeout(("tcp",), tmp_path) == 1.0
     (tmp_path / "nf_conntrack_tcp_timeout_close").write_text("0\n")
-    assert masqlog.shortest_timeout(("tcp",), tmp_path) == 10.0
+    assert shortest_timeout(("tcp",), tmp_path) == 10.0
     for buckets, threshold in ((1000, 15), (64, 1), (10, 1)):
         (tmp_path / "nf_conntrack_buckets").write_text(f"{buckets}\n")
-        assert masqlog.walk_threshold(tmp_path) == threshold
-        assert type(masqlog.walk_threshold(tmp_path)) is int
-    assert masqlog.walk_threshold(tmp_path / "absent") == 4096
+        assert walk_threshold(tmp_path) == threshold
+        assert type(walk_threshold(tmp_path)) is int
+    assert walk_threshold(tmp_path / "absent") == 4096
     (tmp_path / "nf_conntrack_buckets").write_text("lots\n")
-    assert masqlog.walk_threshold(tmp_path) == 4096
+    assert walk_threshold(tmp_path) == 4096
 
 
 def test_the_command_runs_the_daemon_until_told_to_stop(tmp_path: Path) -> None:
