@@ -17,7 +17,7 @@ One job per module; callers import from the module that does the job (this packa
 subcommand to ``nattrail.cli``):
 
 - ``config``: the settings file, checked key by key (also by the masq_logger role, on the controller);
-- ``tunables``: the daemon's fixed policy numbers, in one place;
+- ``tunables``: the daemon's fixed policy numbers, each with the reason for its value;
 - ``records``: the open and close records' JSON, from templates (the per-event path);
 - ``tracker``: which events are ours, what is open, the records written, resyncs (no socket: the tests
   feed it decoded events);

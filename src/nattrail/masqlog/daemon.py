@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from nattrail import ctnetlink, mmsg
 from nattrail.ctnetlink import Conntrack, DecodeError
 from nattrail.masqlog.tracker import Key, MasqLogger
-from nattrail.masqlog.tunables import DRAIN_BUDGET, READ_BUDGET, RECHECK_MAX
+from nattrail.masqlog.tunables import DRAIN_BUDGET, READ_BUDGET, RECHECK_MAX, WALK_ABOVE
 
 LookupFunc = Callable[[list[Key]], list[int | None]]
 TableDump = Callable[[], list[Conntrack]]
@@ -27,7 +27,7 @@ class Reaping:
 
     walk: Callable[[], int] = ctnetlink.reap_expired
     lookup: LookupFunc = ctnetlink.lookup
-    walk_above: int = 4096
+    walk_above: int = WALK_ABOVE
 
 
 class Daemon:

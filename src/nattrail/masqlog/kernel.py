@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from nattrail.masqlog.tunables import BUCKETS_PER_LOOKUP
+from nattrail.masqlog.tunables import BUCKETS_PER_LOOKUP, FALLBACK_BUCKETS, FALLBACK_TIMEOUT
 
 SYSCTL = Path("/proc/sys/net/netfilter")
 
@@ -21,7 +21,7 @@ def shortest_timeout(protocols: tuple[str, ...], sysctl: Path = SYSCTL) -> float
         for path in sysctl.glob(f"nf_conntrack_{proto}_timeout*"):
             with contextlib.suppress(OSError, ValueError):
                 values.append(int(path.read_text()))
-    return float(max(1, min((v for v in values if v > 0), default=10)))
+    return float(max(1, min((v for v in values if v > 0), default=FALLBACK_TIMEOUT)))
 
 
 def walk_threshold(sysctl: Path = SYSCTL) -> int:
@@ -29,5 +29,5 @@ def walk_threshold(sysctl: Path = SYSCTL) -> int:
     try:
         buckets = int((sysctl / "nf_conntrack_buckets").read_text())
     except (OSError, ValueError):
-        buckets = 262_144
+        buckets = FALLBACK_BUCKETS
     return max(1, buckets // BUCKETS_PER_LOOKUP)

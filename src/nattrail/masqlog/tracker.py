@@ -29,6 +29,7 @@ from nattrail.masqlog.records import (
     connection_fields,
     connection_json,
 )
+from nattrail.masqlog.tunables import FALLBACK_TIMEOUT
 
 # A tracked connection: conntrack's id and its original tuple, as events and table dumps give them.
 Key = tuple[int | None, ctnetlink.Tuple]
@@ -83,7 +84,7 @@ class MasqLogger:
     stats: Stats = field(default_factory=Stats)
     # Seconds after its open that a connection could first have expired: conntrack's shortest
     # timeout (run() reads it from the kernel's settings).
-    first_check: float = 10.0
+    first_check: float = FALLBACK_TIMEOUT
 
     def __post_init__(self) -> None:
         self.tracked: dict[Key, Tracked] = {}
