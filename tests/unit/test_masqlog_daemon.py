@@ -174,18 +174,14 @@ def check_daemon_records(logged: list[dict[str, Any]], current: list[dict[str, A
 # --- the command line ------------------------------------------------------------------------------------
 
 
-def test_cli_options_and_their_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_options_and_their_defaults(cli_help: Callable[..., str]) -> None:
     args = build_parser().parse_args(["masqlog"])
     assert (args.config, args.log, args.check) == (None, None, False)
     args = build_parser().parse_args(["masqlog", "--config", "c.json", "--log", "x.log", "--check"])
     assert (args.config, args.log, args.check) == ("c.json", "x.log", True)
-    with pytest.raises(SystemExit):
-        cli_main(["--help"])
-    listing = capsys.readouterr().out
+    listing = cli_help()
     assert re.search(r"^ +masqlog +log masqueraded connections and their users \(daemon\)$", listing, re.M)
-    with pytest.raises(SystemExit):
-        cli_main(["masqlog", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
+    text = " ".join(cli_help("masqlog").split())
     assert "log every masqueraded connection, with the user behind it. options:" in text
     assert text.endswith(
         "--config CONFIG JSON settings file (keys as in docs/masq_logger.md) --log LOG log file (overrides "
