@@ -56,17 +56,22 @@ class DumpWindow:
 
 @dataclass
 class Stats:
+    # The counts in the stats and stop records, which list them in this order. Conntrack events read,
+    # and what became of them:
     events: int = 0
     opens: int = 0
     closes: int = 0
-    ignored: int = 0
+    ignored: int = 0  # not source-NATed, or a protocol not logged
     decode_errors: int = 0
+    # Events the kernel dropped, and the table dumps that made up for them.
     overruns: int = 0
     resyncs: int = 0
+    # Ident queries: answered, failed, or not asked (over the concurrency cap or the client's rate).
     idents_answered: int = 0
     ident_errors: int = 0
     ident_skipped: int = 0
-    untracked: int = 0
+    # Memory and expiry.
+    untracked: int = 0  # opened past max_tracked: logged, not kept (no lookups, closed by its event alone)
     lookups: int = 0  # connections looked up to make the kernel drop them if expired
     walks: int = 0  # table walks, instead of lookups, when many connections were due at once
 
