@@ -13,10 +13,10 @@ import gc
 import json
 import sys
 
-from nattrail.jsonlog import JsonLog
 from nattrail.masqlog.config import Config, ConfigError, load_config
 from nattrail.masqlog.service import run
 from nattrail.masqlog.tunables import GC_THRESHOLDS
+from nattrail.startup import open_log
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,10 +44,8 @@ def main(args: argparse.Namespace) -> int:
     if args.check:
         print(json.dumps(vars(config), sort_keys=True))
         return 0
-    try:
-        log = JsonLog(config.log, fields={"daemon": "masqlog"})
-    except OSError as exc:
-        print(f"nattrail masqlog: cannot open {config.log}: {exc.strerror}", file=sys.stderr)
+    log = open_log(config.log, "masqlog", "nattrail masqlog: cannot open {path}: {reason}")
+    if log is None:
         return 1
     # Each open connection keeps a few small records alive until it closes, and the collector
     # re-walks them all on a busy router. Start-up objects are frozen out of collections, and the

@@ -7,14 +7,13 @@ inventory value with :func:`build_config` before anything on the router changes.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
-from pathlib import Path
 from typing import Any
 
 from nattrail import names
+from nattrail.startup import read_json_object
 
 # The values of the ``protocols`` setting: those whose events the daemon decodes and logs.
 PROTOCOLS = ("tcp", "udp", "icmp")
@@ -94,14 +93,7 @@ def build_config(data: dict[str, Any]) -> Config:
 
 
 def load_config(path: str) -> Config:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
+    data = read_json_object(path, ConfigError)
     try:
         return build_config(data)
     except ConfigError as exc:
