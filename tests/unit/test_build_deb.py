@@ -109,3 +109,5 @@ def test_the_unpacked_package_runs_its_command_without_this_checkout(tmp_path: P
     assert result.returncode == 0, result.stderr
     for command in ("masqlog", "who", "accounting", "ruleset", "drops", "redirect"):
         assert command in result.stdout
+    # A subcommand whose module (or a module of its package) is missing is listed too, as unavailable.
+    assert "unavailable" not in result.stdout
