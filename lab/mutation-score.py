@@ -19,7 +19,21 @@ GROUPS: dict[str, tuple[float, tuple[str, ...]]] = {
     "rules compiler": (95.0, ("intent/nat_router.py", "intent/ulogd.py")),
     "daemons": (
         90.0,
-        ("who.py", "accounting.py", "ruleset.py", "masqlog.py", "jsonlog.py", "ident.py"),
+        (
+            "who.py",
+            "accounting.py",
+            "ruleset.py",
+            "masqlog/config.py",
+            "masqlog/records.py",
+            "masqlog/tracker.py",
+            "masqlog/daemon.py",
+            "masqlog/kernel.py",
+            "masqlog/service.py",
+            "masqlog/command.py",
+            "startup.py",
+            "jsonlog.py",
+            "ident.py",
+        ),
     ),
 }
 KILLED = {1, 3, 24, -24, 36, 152, 255}
