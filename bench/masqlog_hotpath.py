@@ -18,6 +18,11 @@ this checkout against another one's ``src/``, alternating runs:
 
   python3 bench/masqlog_hotpath.py
   python3 bench/masqlog_hotpath.py --src /path/to/other/checkout/src
+
+Against a checkout from before masqlog became a package (issue 13), whose names this script no longer
+finds, run that checkout's own copy of it instead (the measurement is the same):
+
+  python3 /path/to/other/checkout/bench/masqlog_hotpath.py
 """
 
 from __future__ import annotations
@@ -76,8 +81,11 @@ def best(
 
 
 def measure(count: int, passes: int) -> dict[str, float]:
-    from nattrail import ctnetlink, masqlog  # noqa: PLC0415 - after --src chose the checkout
+    from nattrail import ctnetlink  # noqa: PLC0415 - after --src chose the checkout
     from nattrail.jsonlog import JsonLog  # noqa: PLC0415
+    from nattrail.masqlog.config import Config  # noqa: PLC0415
+    from nattrail.masqlog.daemon import Daemon, Reaping  # noqa: PLC0415
+    from nattrail.masqlog.tracker import MasqLogger  # noqa: PLC0415
 
     new, destroy = captured_tcp()
     news = [variant(new, i) for i in range(count)]
@@ -89,14 +97,14 @@ def measure(count: int, passes: int) -> dict[str, float]:
     sink = open("/dev/null", "w")  # noqa: SIM115 - open for the whole run
     # Ident on, the client's one token spent and none coming back: every open below is skipped by
     # the rate, as nearly all are in the lab's load (a query would need an event loop).
-    config = replace(masqlog.Config(), log="/dev/null", ident_rate=1e-9, ident_burst=1)
-    logger = masqlog.MasqLogger(config, JsonLog(stream=sink, fields={"daemon": "masqlog"}))
+    config = replace(Config(), log="/dev/null", ident_rate=1e-9, ident_burst=1)
+    logger = MasqLogger(config, JsonLog(stream=sink, fields={"daemon": "masqlog"}))
     assert logger.limiter.try_acquire(opened[0].orig.src) is None
 
     class NoSocket:
         size = 0
 
-    daemon = masqlog.Daemon(logger, None, list, reader=NoSocket(), reaping=masqlog.Reaping())  # type: ignore[arg-type]
+    daemon = Daemon(logger, None, list, reader=NoSocket(), reaping=Reaping())  # type: ignore[arg-type]
 
     def reset() -> None:
         logger.pending.clear()

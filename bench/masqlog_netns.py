@@ -91,9 +91,10 @@ def one_run(args: argparse.Namespace, work: Path) -> dict[str, object]:
     config = work / "masqlog.json"
     settings = {"log": str(log), "ident_port": 1113, **dict(args.set)}  # nothing answers ident
     config.write_text(json.dumps(settings))
-    code = "import sys\nfrom nattrail import cli, masqlog\n"
+    code = "import sys\nfrom nattrail import cli\nfrom nattrail.masqlog import command\n"
     if args.gc_thresholds:
-        code += f"masqlog.GC_THRESHOLDS = {tuple(args.gc_thresholds)!r}\n"
+        # The name main() reads: the command imported it from masqlog.tunables by name.
+        code += f"command.GC_THRESHOLDS = {tuple(args.gc_thresholds)!r}\n"
     code += "sys.exit(cli.main(['masqlog', '--config', sys.argv[1]]))\n"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     daemon = subprocess.Popen([args.python, "-c", code, str(config)], env=env)

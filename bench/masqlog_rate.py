@@ -432,13 +432,19 @@ class Lab:
             )
 
     def install_src(self) -> None:
-        """Copy this checkout's src/nattrail/*.py into the router and restart the daemon."""
+        """Copy this checkout's modules (src/nattrail, its subpackages but intent/, as the Debian package
+        holds them) into the router and restart the daemon."""
         target = self.sh(
             self.router, "python3 -c 'import nattrail, os; print(os.path.dirname(nattrail.__file__))'"
-        )
-        for module in sorted((ROOT / "src/nattrail").glob("*.py")):
+        ).strip()
+        src = ROOT / "src/nattrail"
+        for module in sorted(src.rglob("*.py")):
+            relative = module.relative_to(src)
+            if relative.parts[0] == "intent":
+                continue
+            folder, path = f"{target}/{relative.parent.as_posix()}", f"{target}/{relative.as_posix()}"
             run(
-                ["docker", "exec", "-i", self.router, "sh", "-c", f"cat > {target.strip()}/{module.name}"],
+                ["docker", "exec", "-i", self.router, "sh", "-c", f"mkdir -p {folder} && cat > {path}"],
                 stdin=module.read_text(),
             )
         self.sh(self.router, "systemctl restart nattrail-masqlog")
@@ -837,7 +843,7 @@ def main() -> int:
     parser.add_argument(
         "--install-src",
         action="store_true",
-        help="copy src/nattrail/*.py into the router and restart masqlog first",
+        help="copy src/nattrail (but intent/) into the router and restart masqlog first",
     )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import ipaddress
 import itertools
-import json
 import math
 import os
 import signal
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 
 from nattrail import __version__, socks5
 from nattrail.jsonlog import JsonLog
+from nattrail.startup import open_log, read_json_object
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 SOCKADDR_IN_SIZE = 16
@@ -149,14 +149,7 @@ def read_password(path: str) -> str:
 
 
 def load_config_file(path: str) -> dict[str, object]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--config: {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config: {path} must hold a JSON object")
+    data = read_json_object(path, ConfigError, "--config: ")
     unknown = sorted(set(data) - set(OPTIONS))
     if unknown:
         raise ConfigError(f"--config: unknown keys in {path}: {', '.join(unknown)}")
@@ -599,10 +592,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if getattr(args, "check", False):
         return 0
-    try:
-        log = JsonLog(config.log, fields={"daemon": "redirect"})
-    except OSError as exc:
-        print(f"nattrail redirect: error: cannot open log {config.log}: {exc.strerror}", file=sys.stderr)
+    log = open_log(config.log, "redirect", "nattrail redirect: error: cannot open log {path}: {reason}")
+    if log is None:
         return 1
     with log:
         try:

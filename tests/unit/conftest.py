@@ -209,6 +209,20 @@ def load_filter_plugin(name: str = "nattrail") -> ModuleType:
 
 
 @pytest.fixture
+def cli_help(capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
+    """What ``nattrail ARGS --help`` prints (``cli_help()``: the list of subcommands); help exits 0."""
+    from nattrail.cli import main  # noqa: PLC0415 - most tests here never load the command
+
+    def show(*args: str) -> str:
+        with pytest.raises(SystemExit) as exited:
+            main([*args, "--help"])
+        assert exited.value.code == 0
+        return capsys.readouterr().out
+
+    return show
+
+
+@pytest.fixture
 def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
     """Set the process's local time zone (TZ) for one test."""
 

@@ -8,7 +8,7 @@ from ansible.errors import AnsibleFilterError
 from conftest import REPO
 
 from nattrail.intent.masq_logger import masq_logger_settings
-from nattrail.masqlog import build_config
+from nattrail.masqlog.config import build_config
 
 GOOD = {"log": "/var/log/nattrail/masq.log", "protocols": ["tcp", "udp"], "ident": True, "ident_timeout": 5.0}
 

@@ -29,10 +29,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_ctnetlink import captured
 
-from nattrail import ctnetlink, masqlog
+from nattrail import ctnetlink
 from nattrail.ctnetlink import IPS_SRC_NAT, Conntrack, Counters, Tuple
 from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat
-from nattrail.masqlog import Config, ConfigError, MasqLogger, build_config
+from nattrail.masqlog.config import Config, ConfigError, build_config
+from nattrail.masqlog.daemon import Daemon, Reaping
+from nattrail.masqlog.kernel import shortest_timeout, walk_threshold
+from nattrail.masqlog.records import _seconds, connection_fields
+from nattrail.masqlog.service import run
+from nattrail.masqlog.tracker import MasqLogger, Stats
 
 NOW_NS = int(datetime(2026, 11, 21, 3, 12, 0, tzinfo=UTC).timestamp()) * 10**9
 
@@ -190,9 +195,9 @@ def conntracks(draw: st.DrawFn) -> Conntrack:
 
 @given(st.integers(0, 10**15))  # up to 11 days
 def test_durations_are_seconds_to_the_nearest_microsecond(ns: int) -> None:
-    assert abs(masqlog._seconds(ns) * 1e6 - ns / 1000) <= 0.5 + 1e-6
+    assert abs(_seconds(ns) * 1e6 - ns / 1000) <= 0.5 + 1e-6
     # What round(ns / 1e9, 6) gives, except on an exact half, where _seconds rounds up.
-    assert masqlog._seconds(ns) == round(ns / 1e9, 6) or ns % 1000 == 500
+    assert _seconds(ns) == round(ns / 1e9, 6) or ns % 1000 == 500
 
 
 @given(conntracks(), st.sampled_from(["plain", "skipped", "resync"]))
@@ -212,7 +217,7 @@ def test_open_and_close_lines_are_the_records_the_general_encoder_makes(ct: Conn
     logger.handle(opening)
     logger.handle(ct)
     logger.flush()
-    conn = masqlog.connection_fields(ct)
+    conn = connection_fields(ct)
     opened = (stamp(ct.start_ns) if ct.start_ns else None) if kind == "resync" else now
     extra: dict[str, Any] = {"resync": True} if kind == "resync" else {}
     if kind == "skipped" and ct.orig.proto == 6:
@@ -269,8 +274,8 @@ class FakeReaping:
             self.kernel.send(self.walk_sends.pop(0))
         return 0
 
-    def reaping(self) -> masqlog.Reaping:
-        return masqlog.Reaping(walk=self.walk, lookup=self.lookup, walk_above=1)
+    def reaping(self) -> Reaping:
+        return Reaping(walk=self.walk, lookup=self.lookup, walk_above=1)
 
 
 def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> None:
@@ -280,7 +285,7 @@ def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> No
     tcp_new, _icmp, tcp_end = events()[:3]
     end_datagram = datagram_of(tcp_end)
 
-    async def scenario() -> tuple[list[list[int | None]], list[int], masqlog.Stats]:
+    async def scenario() -> tuple[list[list[int | None]], list[int], Stats]:
         clock = Clock()
         logger, _ = make_logger()
         logger.monotonic = clock
@@ -288,7 +293,7 @@ def test_expired_connections_are_looked_up_when_due_and_walked_when_many() -> No
         fake = FakeReaping(logger, kernel, answers=[[5], [None], [None], [None]], walk_sends=[end_datagram])
         with kernel, ours:
             ours.setblocking(False)
-            daemon = masqlog.Daemon(logger, ours, list, reaping=fake.reaping())
+            daemon = Daemon(logger, ours, list, reaping=fake.reaping())
             await daemon.reap()  # nothing tracked: the kernel is left alone
             logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 1))
             clock.now += 9.9
@@ -349,7 +354,7 @@ def test_a_malformed_lookup_reply_is_a_failed_pass_not_the_end_of_reaping() -> N
         with kernel, ours:
             ours.setblocking(False)
             reaping = replace(fake.reaping(), walk_above=100)
-            daemon = masqlog.Daemon(logger, ours, list, reaping=reaping)
+            daemon = Daemon(logger, ours, list, reaping=reaping)
             logger.handle(tcp_new)
             clock.now += 10.1
             await daemon.reap()  # the reply does not decode
@@ -369,12 +374,12 @@ def test_shortest_timeout_and_walk_threshold_come_from_the_kernel_settings(tmp_p
     for name, value in (("tcp_timeout_close", 10), ("tcp_timeout_time_wait", 120), ("udp_timeout", 30),
                         ("sctp_timeout_cookie_wait", 3), ("buckets", 16384)):  # fmt: skip
         (tmp_path / f"nf_conntrack_{name}").write_text(f"{value}\n")
-    assert masqlog.shortest_timeout(("tcp",), tmp_path) == 10.0  # SCTP's 3 s is not ours
-    assert masqlog.shortest_timeout(("udp",), tmp_path) == 30.0
-    assert masqlog.walk_threshold(tmp_path) == 256
+    assert shortest_timeout(("tcp",), tmp_path) == 10.0  # SCTP's 3 s is not ours
+    assert shortest_timeout(("udp",), tmp_path) == 30.0
+    assert walk_threshold(tmp_path) == 256
     (tmp_path / "nf_conntrack_tcp_timeout_close").write_text("0\n")  # 0 is no timeout, not "at once"
-    assert masqlog.shortest_timeout(("tcp", "udp"), tmp_path) == 30.0
-    assert masqlog.shortest_timeout(("tcp",), tmp_path / "absent") == 10.0
+    assert shortest_timeout(("tcp", "udp"), tmp_path) == 30.0
+    assert shortest_timeout(("tcp",), tmp_path / "absent") == 10.0
 
 
 def resync_against(queued: list[bytes], table: list[Conntrack], tracked: list[Conntrack]) -> io.StringIO:
@@ -394,7 +399,7 @@ def resync_against(queued: list[bytes], table: list[Conntrack], tracked: list[Co
                     kernel.send(datagram)
                 return table
 
-            daemon = masqlog.Daemon(logger, ours, dump)
+            daemon = Daemon(logger, ours, dump)
             daemon.start_resync()
             while daemon.resyncing:
                 await asyncio.sleep(0.01)
@@ -433,7 +438,7 @@ def test_events_lost_during_a_dump_start_another_resync() -> None:
         logger, _ = make_logger()
         dumps: list[int] = []
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            daemon = masqlog.Daemon(logger, sock, lambda: dumps.append(1) or [])
+            daemon = Daemon(logger, sock, lambda: dumps.append(1) or [])
             daemon.start_resync()
             daemon.start_resync()  # an overrun while the first dump runs
             while daemon.resyncing or len(dumps) < 2:
@@ -461,7 +466,7 @@ def test_a_busy_socket_is_read_on_a_timer_and_an_idle_one_watched_again() -> Non
         seen: list[tuple[int, bool]] = []
         with kernel, ours:
             ours.setblocking(False)
-            daemon = masqlog.Daemon(logger, ours, list)
+            daemon = Daemon(logger, ours, list)
             polls = 0
             poll = daemon.poll
 
@@ -685,7 +690,7 @@ async def netns_scenario(tmp: Path) -> dict[str, Any]:
         reap_interval=0.5,
     )
     log = JsonLog(config.log, fields={"daemon": "masqlog"})
-    daemon = asyncio.create_task(masqlog.run(config, log=log))
+    daemon = asyncio.create_task(run(config, log=log))
     await wait_for(path, lambda lines: any(r["event"] == "resync" for r in lines))
     loop = asyncio.get_running_loop()
 

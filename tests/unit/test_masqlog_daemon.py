@@ -32,12 +32,17 @@ import pytest
 from conftest import netns_unavailable
 from test_masqlog import NOW_NS, datagram_of, events, make_logger, records, snat_loopback
 
-from nattrail import __version__, ident, masqlog
+from nattrail import __version__, ident
 from nattrail.cli import build_parser
 from nattrail.cli import main as cli_main
 from nattrail.ctnetlink import Conntrack
 from nattrail.jsonlog import EpochStamp, JsonLog
-from nattrail.masqlog import Config, MasqLogger
+from nattrail.masqlog.config import Config, ConfigError, build_config
+from nattrail.masqlog.daemon import Daemon, Reaping
+from nattrail.masqlog.kernel import shortest_timeout, walk_threshold
+from nattrail.masqlog.records import _seconds, connection_fields
+from nattrail.masqlog.service import every, run, syslog_sink
+from nattrail.masqlog.tracker import MasqLogger, Stats
 
 CLONE_NEWNET = 0x40000000
 
@@ -99,7 +104,7 @@ def test_the_daemon_logs_signals_timers_and_stops_cleanly(tmp_path: Path) -> Non
 
     async def scenario() -> int:
         log = JsonLog(config.log, fields={"daemon": "masqlog"})
-        daemon = asyncio.create_task(masqlog.run(config, log=log))
+        daemon = asyncio.create_task(run(config, log=log))
         server = await asyncio.start_server(lambda r, w: w.close(), "0.0.0.0", 7000)
         await until(lambda: any(r["event"] == "resync" for r in read_log(path)), "the start-up resync")
         loop = asyncio.get_running_loop()
@@ -169,18 +174,14 @@ def check_daemon_records(logged: list[dict[str, Any]], current: list[dict[str, A
 # --- the command line ------------------------------------------------------------------------------------
 
 
-def test_cli_options_and_their_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_options_and_their_defaults(cli_help: Callable[..., str]) -> None:
     args = build_parser().parse_args(["masqlog"])
     assert (args.config, args.log, args.check) == (None, None, False)
     args = build_parser().parse_args(["masqlog", "--config", "c.json", "--log", "x.log", "--check"])
     assert (args.config, args.log, args.check) == ("c.json", "x.log", True)
-    with pytest.raises(SystemExit):
-        cli_main(["--help"])
-    listing = capsys.readouterr().out
+    listing = cli_help()
     assert re.search(r"^ +masqlog +log masqueraded connections and their users \(daemon\)$", listing, re.M)
-    with pytest.raises(SystemExit):
-        cli_main(["masqlog", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
+    text = " ".join(cli_help("masqlog").split())
     assert "log every masqueraded connection, with the user behind it. options:" in text
     assert text.endswith(
         "--config CONFIG JSON settings file (keys as in docs/masq_logger.md) --log LOG log file (overrides "
@@ -232,16 +233,16 @@ def test_config_file_problems_name_the_file(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_build_config_keeps_each_type_and_checks_every_number() -> None:
-    config = masqlog.build_config(
+    config = build_config(
         {"protocols": ["udp", "tcp", "udp"], "rcvbuf": 4096, "ident_rate": 2, "syslog": True, "log": "x"}
     )
     assert config.protocols == ("udp", "tcp")  # duplicates dropped, order kept
     assert config.ident_rate == 2.0 and type(config.ident_rate) is float
     assert config.rcvbuf == 4096 and type(config.rcvbuf) is int
     assert (config.syslog, config.log) == (True, "x")
-    assert masqlog.build_config({"ident_port": 65535}).ident_port == 65535
-    assert masqlog.build_config({"rcvbuf": 100_000}).rcvbuf == 100_000  # only a port stops at 65535
-    assert masqlog.build_config({}) == Config()
+    assert build_config({"ident_port": 65535}).ident_port == 65535
+    assert build_config({"rcvbuf": 100_000}).rcvbuf == 100_000  # only a port stops at 65535
+    assert build_config({}) == Config()
     bad = {
         "ident_timeout": ("1", "ident_timeout: expected a number, got '1'"),
         "ident_burst": (True, "ident_burst: expected a number, got True"),
@@ -255,20 +256,20 @@ def test_build_config_keeps_each_type_and_checks_every_number() -> None:
         "max_tracked": (2.0, "max_tracked: expected an integer, got 2.0"),
     }
     for key, (value, message) in bad.items():
-        with pytest.raises(masqlog.ConfigError) as caught:
-            masqlog.build_config({key: value})
+        with pytest.raises(ConfigError) as caught:
+            build_config({key: value})
         assert str(caught.value) == message
-    with pytest.raises(masqlog.ConfigError) as caught:
-        masqlog.build_config({"zeta": 1, "alpha": 2})
+    with pytest.raises(ConfigError) as caught:
+        build_config({"zeta": 1, "alpha": 2})
     assert str(caught.value).startswith("unknown settings: alpha, zeta; known: ident, ident_burst, ")
-    with pytest.raises(masqlog.ConfigError) as caught:
-        masqlog.build_config({"protocols": ["tcp", "gre", "sctp"]})
+    with pytest.raises(ConfigError) as caught:
+        build_config({"protocols": ["tcp", "gre", "sctp"]})
     assert str(caught.value) == "protocols: unknown ['gre', 'sctp']; choose from tcp, udp, icmp"
 
 
 def test_syslog_copy_only_when_asked() -> None:
-    assert masqlog.syslog_sink(Config()) is None
-    assert callable(masqlog.syslog_sink(Config(syslog=True)))
+    assert syslog_sink(Config()) is None
+    assert callable(syslog_sink(Config(syslog=True)))
 
 
 # --- records the daemon writes besides opens and closes -----------------------------------------------
@@ -284,7 +285,7 @@ def test_stats_and_skips_records() -> None:
     logger.report_skips()  # counted since the last report
     logger.handle(events()[0])
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        masqlog.Daemon(logger, sock, list).log_stats()
+        Daemon(logger, sock, list).log_stats()
     skips, _, stats = records(stream)
     assert {k: skips[k] for k in ("event", "level", "rate", "concurrency")} == {
         "event": "ident_skips",
@@ -300,7 +301,7 @@ def test_stats_and_skips_records() -> None:
         "ident_in_flight": 0,
         "closes": 0,
     }
-    assert set(stats) >= set(vars(masqlog.Stats()))
+    assert set(stats) >= set(vars(Stats()))
 
 
 def test_events_lost_records_count_the_overruns() -> None:
@@ -345,7 +346,7 @@ def test_ident_answers_and_errors_are_counted_and_logged() -> None:
         asked.append((*args, kwargs))
         return replies.pop(0)
 
-    async def scenario() -> tuple[list[dict[str, Any]], masqlog.Stats, int]:
+    async def scenario() -> tuple[list[dict[str, Any]], Stats, int]:
         stream = io.StringIO()
         config = replace(Config(), ident_timeout=3.5, ident_port=1113)
         logger = MasqLogger(config, JsonLog(stream=stream), query=query, clock_ns=lambda: NOW_NS)
@@ -399,7 +400,7 @@ def test_a_failed_dump_is_logged_and_the_next_overrun_resyncs_again() -> None:
             raise OSError(105, "No buffer space available")
 
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            daemon = masqlog.Daemon(logger, sock, dump)
+            daemon = Daemon(logger, sock, dump)
             daemon.start_resync()
             await until(lambda: not daemon.resyncing, "the failed dump")
             window_left = logger.window is not None
@@ -418,7 +419,7 @@ def test_a_failed_dump_is_logged_and_the_next_overrun_resyncs_again() -> None:
 def test_a_stopping_daemon_does_not_resync() -> None:
     logger, _ = make_logger()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        daemon = masqlog.Daemon(logger, sock, lambda: pytest.fail("no dump while stopping"))
+        daemon = Daemon(logger, sock, lambda: pytest.fail("no dump while stopping"))
         daemon.stopped = True
         daemon.start_resync()
     assert not daemon.resyncing and logger.window is None
@@ -433,7 +434,7 @@ def test_reopen_continues_in_a_new_file_or_says_why_not(
     log = JsonLog(path, fields={"daemon": "masqlog"})
     logger = MasqLogger(replace(Config(), log=str(path), ident=False), log)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.closing(log):
-        daemon = masqlog.Daemon(logger, sock, list)
+        daemon = Daemon(logger, sock, list)
         path.rename(tmp_path / "masq.log.1")  # logrotate
         daemon.reopen()
         assert [(r["event"], r["path"]) for r in read_log(path)] == [("reopened", str(path))]
@@ -455,14 +456,14 @@ def test_datagrams_that_do_not_fit_or_decode_are_counted_and_logged() -> None:
     tcp_new = events()[0]
     good = datagram_of(tcp_new)
 
-    async def scenario() -> tuple[list[dict[str, Any]], masqlog.Stats, int]:
+    async def scenario() -> tuple[list[dict[str, Any]], Stats, int]:
         logger, stream = make_logger()
         kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         with kernel, ours:
             ours.setblocking(False)
             from nattrail import mmsg  # noqa: PLC0415
 
-            daemon = masqlog.Daemon(logger, ours, list, reader=mmsg.RecvReader(ours, size=len(good)))
+            daemon = Daemon(logger, ours, list, reader=mmsg.RecvReader(ours, size=len(good)))
             kernel.send(good + b"\0" * 16)  # larger than the read buffer
             kernel.send(good[:20])  # cut inside a message
             kernel.send(good)
@@ -497,7 +498,7 @@ def test_read_events_stops_at_its_budget_and_when_the_queue_is_empty() -> None:
             ours.setblocking(False)
             from nattrail import mmsg  # noqa: PLC0415
 
-            daemon = masqlog.Daemon(logger, ours, list, reader=mmsg.RecvReader(ours))
+            daemon = Daemon(logger, ours, list, reader=mmsg.RecvReader(ours))
             for _ in range(3):
                 kernel.send(good)
             first = daemon.read_events(2)
@@ -519,7 +520,7 @@ def test_every_repeats_an_action_and_awaits_what_it_returns() -> None:
             done.append("called")
             return later() if len(done) < 3 else None
 
-        task = asyncio.create_task(masqlog.every(0.001, action))
+        task = asyncio.create_task(every(0.001, action))
         await until(lambda: len(done) >= 4, "four steps")
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -554,7 +555,7 @@ def test_an_overrun_is_written_down_and_starts_a_resync_after_the_queue_is_read(
         dumps: list[int] = []
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             reader = OverrunReader([OSError(errno.ENOBUFS, "No buffer space available"), [good]])
-            daemon = masqlog.Daemon(logger, sock, lambda: dumps.append(1) or [], reader=reader)
+            daemon = Daemon(logger, sock, lambda: dumps.append(1) or [], reader=reader)
             received = daemon.read_events(10)
             await until(lambda: not daemon.resyncing, "the resync")
         return records(stream), received, len(dumps)
@@ -572,7 +573,7 @@ def test_a_socket_error_other_than_an_overrun_is_raised_after_flushing() -> None
     good = datagram_of(events()[0])
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         reader = OverrunReader([[good], OSError(errno.EBADF, "Bad file descriptor")])
-        daemon = masqlog.Daemon(logger, sock, list, reader=reader)
+        daemon = Daemon(logger, sock, list, reader=reader)
         with pytest.raises(OSError, match="Bad file descriptor"):
             daemon.read_events(10)
     assert [r["event"] for r in records(stream)] == ["open"]
@@ -614,7 +615,7 @@ def test_a_live_connection_is_looked_up_again_when_conntrack_says_it_expires() -
             return answers.pop(0)
 
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            daemon = masqlog.Daemon(logger, sock, list, reaping=masqlog.Reaping(lookup=lookup))
+            daemon = Daemon(logger, sock, list, reaping=Reaping(lookup=lookup))
             logger.handle(tcp_new)
             logger.handle(tcp_new._replace(ct_id=tcp_new.ct_id + 1))
             for at in (110.0, 115.999, 116.0, 139.999, 140.0):
@@ -650,16 +651,16 @@ def test_kernel_settings_that_cannot_be_read_are_left_out(tmp_path: Path) -> Non
     (tmp_path / "nf_conntrack_tcp_timeout_close").write_text("1\n")
     (tmp_path / "nf_conntrack_tcp_timeout_established").mkdir()  # unreadable
     (tmp_path / "nf_conntrack_tcp_timeout_max_retrans").write_text("many\n")
-    assert masqlog.shortest_timeout(("tcp",), tmp_path) == 1.0
+    assert shortest_timeout(("tcp",), tmp_path) == 1.0
     (tmp_path / "nf_conntrack_tcp_timeout_close").write_text("0\n")
-    assert masqlog.shortest_timeout(("tcp",), tmp_path) == 10.0
+    assert shortest_timeout(("tcp",), tmp_path) == 10.0
     for buckets, threshold in ((1000, 15), (64, 1), (10, 1)):
         (tmp_path / "nf_conntrack_buckets").write_text(f"{buckets}\n")
-        assert masqlog.walk_threshold(tmp_path) == threshold
-        assert type(masqlog.walk_threshold(tmp_path)) is int
-    assert masqlog.walk_threshold(tmp_path / "absent") == 4096
+        assert walk_threshold(tmp_path) == threshold
+        assert type(walk_threshold(tmp_path)) is int
+    assert walk_threshold(tmp_path / "absent") == 4096
     (tmp_path / "nf_conntrack_buckets").write_text("lots\n")
-    assert masqlog.walk_threshold(tmp_path) == 4096
+    assert walk_threshold(tmp_path) == 4096
 
 
 def test_the_command_runs_the_daemon_until_told_to_stop(tmp_path: Path) -> None:
@@ -753,7 +754,7 @@ def test_closes_of_connections_never_seen_opening() -> None:
     logger.handle(tcp_end._replace(ct_id=tcp_end.ct_id + 1, start_ns=None, stop_ns=None, counters_orig=None))
     logger.flush()
     full, bare = records(stream)
-    fields = masqlog.connection_fields(tcp_end)
+    fields = connection_fields(tcp_end)
     assert fields.items() <= full.items()
     assert full["opened"] == EpochStamp()(tcp_end.start_ns) and full["closed"] == EpochStamp()(
         tcp_end.stop_ns
@@ -787,5 +788,5 @@ def test_closes_are_counted_and_timed_by_our_clock_without_kernel_timestamps() -
     closes = [r for r in records(stream) if r["event"] == "close"]
     assert [r["duration"] for r in closes[:2]] == [0.123457, 0.123457]  # to the microsecond
     assert closes[0]["opened"] == "2026-11-21T03:12:00.000000Z"  # when we saw it open
-    assert [r["duration"] for r in closes[2:]] == [masqlog._seconds(tcp_end.stop_ns - tcp_end.start_ns)] * 2
+    assert [r["duration"] for r in closes[2:]] == [_seconds(tcp_end.stop_ns - tcp_end.start_ns)] * 2
     assert logger.stats.closes == 4 and logger.tracked == {}

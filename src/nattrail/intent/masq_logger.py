@@ -1,9 +1,9 @@
 """The masq_logger compiler: inventory -> the masquerade logger's settings, checked by the daemon's parser.
 
 The daemon reads a JSON file (docs/masq_logger.md). Each value is checked here, on the controller, with
-``nattrail.masqlog.build_config``, the function the daemon itself reads the file with: the inventory is
-refused before anything on the router changes, by exactly the daemon's rules, and the role then writes
-the file through `nattrail masqlog --check` as a second line of defence.
+``nattrail.masqlog.config.build_config``, the function the daemon itself reads the file with: the
+inventory is refused before anything on the router changes, by exactly the daemon's rules, and the role
+then writes the file through `nattrail masqlog --check` as a second line of defence.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from nattrail.intent.errors import Errors
-from nattrail.masqlog import ConfigError, build_config
+from nattrail.masqlog.config import ConfigError, build_config
 
 PREFIX = "masq_logger_"
 # Settings whose role variable is not masq_logger_<key>.
