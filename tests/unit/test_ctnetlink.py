@@ -20,7 +20,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nattrail import ctnetlink
-from nattrail.ctnetlink import IPS_SRC_NAT, Conntrack, DecodeError, NetlinkError, Tuple
+from nattrail.ctnetlink import Conntrack, DecodeError, NetlinkError, Tuple
+from nattrail.ctnetlink.constants import (
+    CTA_COUNTERS_ORIG,
+    CTA_COUNTERS_REPLY,
+    CTA_TIMEOUT,
+    CTA_TIMESTAMP,
+    CTA_TUPLE_ORIG,
+    CTA_TUPLE_REPLY,
+    IPCTNL_MSG_CT_DELETE,
+    IPS_SRC_NAT,
+    NLM_F_MULTI,
+    NLMSG_ERROR,
+    NLMSG_HDR,
+    U32,
+)
 
 CAPTURE = Path(__file__).parent / "data" / "ctnetlink-capture.txt"
 
@@ -116,7 +130,7 @@ def test_dump_request_layout() -> None:
 
 
 def test_error_message_is_reported_not_raised() -> None:
-    message = struct.pack("=IHHII", 36, ctnetlink.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -1) + bytes(16)
+    message = struct.pack("=IHHII", 36, NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -1) + bytes(16)
     assert list(ctnetlink.decode_datagram(message)) == [NetlinkError(1)]
 
 
@@ -148,7 +162,7 @@ def tuple_blocks() -> list[tuple[bytes, int, int]]:
     blocks = []
     for datagram, start, end, _event in conntrack_messages():
         for attr, a, b in ctnetlink.iter_attrs(datagram, start, end):
-            if attr in (ctnetlink.CTA_TUPLE_ORIG, ctnetlink.CTA_TUPLE_REPLY):
+            if attr in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY):
                 blocks.append((datagram, a, b))
     return blocks
 
@@ -184,10 +198,10 @@ def conntrack_messages() -> list[tuple[bytes, int, int, str]]:
         while pos + 16 <= len(datagram):
             length, kind, flags = struct.unpack_from("=IHH", datagram, pos)
             if kind >> 8 == 1:
-                if kind & 0xFF == ctnetlink.IPCTNL_MSG_CT_DELETE:
+                if kind & 0xFF == IPCTNL_MSG_CT_DELETE:
                     event = "destroy"
                 else:
-                    event = "dump" if flags & ctnetlink.NLM_F_MULTI else "new"
+                    event = "dump" if flags & NLM_F_MULTI else "new"
                 out.append((datagram, pos + 20, pos + length, event))
             pos += (length + 3) & ~3
     return out
@@ -230,7 +244,7 @@ def test_fast_event_path_reads_nests_in_another_order_through_the_walk() -> None
     # Swap the two members (12 bytes each) of the counter and timestamp nests: valid netlink that
     # the fixed layout does not match.
     for kind, a, b in ctnetlink.iter_attrs(data, start, end):
-        if kind in (ctnetlink.CTA_COUNTERS_ORIG, ctnetlink.CTA_COUNTERS_REPLY, ctnetlink.CTA_TIMESTAMP):
+        if kind in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_TIMESTAMP):
             assert b - a == 24
             swapped[a : a + 12], swapped[a + 12 : b] = data[a + 12 : b], data[a : a + 12]
     after = ctnetlink.decode_conntrack(bytes(swapped), start, end, event)
@@ -324,24 +338,22 @@ def test_fixed_layout_request_is_the_general_one(tup: Tuple, seq: int) -> None:
 
 def reply(message: bytes, seq: int) -> bytes:
     """One netlink message with its sequence number replaced."""
-    length, kind, flags, _seq, pid = ctnetlink.NLMSG_HDR.unpack_from(message, 0)
-    return (
-        ctnetlink.NLMSG_HDR.pack(length, kind, flags, seq, pid) + message[ctnetlink.NLMSG_HDR.size : length]
-    )
+    length, kind, flags, _seq, pid = NLMSG_HDR.unpack_from(message, 0)
+    return NLMSG_HDR.pack(length, kind, flags, seq, pid) + message[NLMSG_HDR.size : length]
 
 
 def error(code: int, seq: int) -> bytes:
-    body = struct.pack("=i", -code) + ctnetlink.NLMSG_HDR.pack(16, 0, 0, seq, 0)
-    return ctnetlink.NLMSG_HDR.pack(16 + len(body), ctnetlink.NLMSG_ERROR, 0x100, seq, 0) + body
+    body = struct.pack("=i", -code) + NLMSG_HDR.pack(16, 0, 0, seq, 0)
+    return NLMSG_HDR.pack(16 + len(body), NLMSG_ERROR, 0x100, seq, 0) + body
 
 
 def test_lookup_replies_give_time_left_or_gone() -> None:
     dump = captured()[6][1]
-    entry = ctnetlink.decode_conntrack(dump, 20, ctnetlink.NLMSG_HDR.unpack_from(dump, 0)[0], "dump")
+    entry = ctnetlink.decode_conntrack(dump, 20, NLMSG_HDR.unpack_from(dump, 0)[0], "dump")
     timeout = next(
-        ctnetlink.U32.unpack_from(dump, a)[0]
-        for kind, a, _ in ctnetlink.iter_attrs(dump, 20, ctnetlink.NLMSG_HDR.unpack_from(dump, 0)[0])
-        if kind == ctnetlink.CTA_TIMEOUT
+        U32.unpack_from(dump, a)[0]
+        for kind, a, _ in ctnetlink.iter_attrs(dump, 20, NLMSG_HDR.unpack_from(dump, 0)[0])
+        if kind == CTA_TIMEOUT
     )
     answers: list[int | None] = [-1, -1, -1]
     ids = [entry.ct_id, None, (entry.ct_id or 0) + 1]

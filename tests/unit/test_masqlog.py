@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 from test_ctnetlink import captured
 
 from nattrail import ctnetlink
-from nattrail.ctnetlink import IPS_SRC_NAT, Conntrack, Counters, Tuple
+from nattrail.ctnetlink import Conntrack, Counters, Tuple
+from nattrail.ctnetlink.constants import IPS_SRC_NAT
 from nattrail.jsonlog import EpochStamp, JsonLog, dumps_flat
 from nattrail.masqlog.config import Config, ConfigError, build_config
 from nattrail.masqlog.daemon import Daemon, Reaping
@@ -190,7 +191,7 @@ def conntracks(draw: st.DrawFn) -> Conntrack:
     start_ns, stop_ns = draw(instants), draw(instants)
     ct_id = draw(st.none() | st.integers(0, 2**32 - 1))
     counters = draw(maybe_counters), draw(maybe_counters)
-    return Conntrack("destroy", ct_id, ctnetlink.IPS_SRC_NAT, orig, reply, *counters, start_ns, stop_ns)
+    return Conntrack("destroy", ct_id, IPS_SRC_NAT, orig, reply, *counters, start_ns, stop_ns)
 
 
 @given(st.integers(0, 10**15))  # up to 11 days

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from nattrail import ctnetlink, ident
+from nattrail import ident
 from nattrail.ctnetlink import Conntrack
+from nattrail.ctnetlink.constants import PROTO_NAMES
 from nattrail.jsonlog import dumps_flat, encode_basestring
 
 
@@ -41,7 +42,7 @@ _CONN_FMT = (
     '"proto":%s,"ct_id":%d,"client_ip":%s,"client_port":%d,"server_ip":%s,"server_port":%d,'
     '"masq_ip":%s,"masq_port":%d'
 )
-_PROTO_JSON = {number: encode_basestring(name) for number, name in ctnetlink.PROTO_NAMES.items()}
+_PROTO_JSON = {number: encode_basestring(name) for number, name in PROTO_NAMES.items()}
 
 
 def connection_json(ct: Conntrack) -> str:

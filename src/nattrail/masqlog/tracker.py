@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from nattrail import ctnetlink, ident
 from nattrail.ctnetlink import Conntrack
+from nattrail.ctnetlink.constants import IPS_SRC_NAT, PROTO_NAMES
 from nattrail.jsonlog import EpochStamp, JsonLog
 from nattrail.masqlog.config import Config
 from nattrail.masqlog.records import (
@@ -111,9 +112,7 @@ class MasqLogger:
             max_clients=self.config.ident_max_clients,
         )
         self.protocols = frozenset(self.config.protocols)
-        self.proto_numbers = frozenset(
-            n for n, name in ctnetlink.PROTO_NAMES.items() if name in self.protocols
-        )
+        self.proto_numbers = frozenset(n for n, name in PROTO_NAMES.items() if name in self.protocols)
         # The bound method: called three times a close, and faster than calling the instance.
         self.stamp: Callable[[int], str] = EpochStamp().__call__
         self.open_format = self.log.line_format("open")
@@ -137,7 +136,7 @@ class MasqLogger:
     # --- events ------------------------------------------------------------------------------------
 
     def wanted(self, ct: Conntrack) -> bool:
-        return bool(ct.status & ctnetlink.IPS_SRC_NAT) and ct.orig.proto in self.proto_numbers
+        return bool(ct.status & IPS_SRC_NAT) and ct.orig.proto in self.proto_numbers
 
     def handle(self, ct: Conntrack) -> None:
         """Log one conntrack event (new, destroy or dump) if it is a masqueraded connection."""
