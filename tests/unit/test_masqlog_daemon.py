@@ -32,7 +32,7 @@ import pytest
 from conftest import netns_unavailable
 from test_masqlog import NOW_NS, datagram_of, events, make_logger, records, snat_loopback
 
-from nattrail import __version__, ident
+from nattrail import __version__, ctnetlink, ident
 from nattrail.cli import build_parser
 from nattrail.cli import main as cli_main
 from nattrail.ctnetlink import Conntrack
@@ -661,6 +661,14 @@ def test_kernel_settings_that_cannot_be_read_are_left_out(tmp_path: Path) -> Non
     assert walk_threshold(tmp_path / "absent") == 4096
     (tmp_path / "nf_conntrack_buckets").write_text("lots\n")
     assert walk_threshold(tmp_path) == 4096
+
+
+def test_a_daemon_given_no_reaping_reaps_through_ctnetlink_as_for_an_unknown_table(tmp_path: Path) -> None:
+    logger, _ = make_logger()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        reaping = Daemon(logger, sock, list).reaping
+    assert (reaping.lookup, reaping.walk) == (ctnetlink.lookup, ctnetlink.reap_expired)
+    assert reaping.walk_above == walk_threshold(tmp_path / "absent") == 4096
 
 
 def test_the_command_runs_the_daemon_until_told_to_stop(tmp_path: Path) -> None:
