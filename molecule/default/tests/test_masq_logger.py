@@ -5,6 +5,7 @@ from the masquerader's port and a time alone."""
 from __future__ import annotations
 
 import json
+import secrets
 import shlex
 import time
 from collections.abc import Iterator
@@ -57,14 +58,17 @@ s.close()
 
 # On the client: `count` connections at `rate` per second, each reset at once; writes their local
 # ports, one per line, to `out` when all are done.
+# Each connection from a source port of its own (first_port + i): they are closed with a reset, which
+# leaves no TIME_WAIT, so the kernel may otherwise hand the same port to a later connection of the
+# stream, and the test tells connections apart by their client port.
 STREAM = """
 import socket, struct, sys, time
 address, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[5]
-count, rate = int(sys.argv[3]), float(sys.argv[4])
+count, rate, first_port = int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[6])
 ports, start = [], time.monotonic()
 for i in range(count):
     time.sleep(max(0.0, start + i / rate - time.monotonic()))
-    s = socket.create_connection((address, port), timeout=5)
+    s = socket.create_connection((address, port), timeout=5, source_address=("", first_port + i))
     ports.append(s.getsockname()[1])
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
@@ -233,7 +237,9 @@ def test_logrotate_makes_the_daemon_reopen_and_nothing_is_lost(lab, acceptor):
     out = "/run/nt-test-stream-ports"
     client.run(f"rm -f {out}")
     already = len(log_records(router))
-    client.background(STREAM, "203.0.113.10", str(SERVER_PORT), "60", "20", out)
+    # Below the client's ephemeral range (32768 up), and a run of ports no earlier run left behind.
+    first_port = 20000 + 100 * secrets.randbelow(100)
+    client.background(STREAM, "203.0.113.10", str(SERVER_PORT), "60", "20", out, str(first_port))
     # Rotate once a third of the stream is logged, so it falls inside it.
     deadline = time.monotonic() + 30
     while sum(r["event"] == "open" for r in log_records(router)[already:]) < 20:
