@@ -68,7 +68,7 @@ def test_accounting_counts_traffic_and_keeps_it_across_a_ruleset_change(lab, lis
     assert grown["out"]["bytes"] - before["out"]["bytes"] >= 200_000
     assert grown["in"]["packets"] > before["in"]["packets"], "the server's ACKs count as inbound"
 
-    changed = converge("-e", "nat_router_icmp_echo_rate=7/second")
+    changed = converge("--limit", "router", "-e", "nat_router_icmp_echo_rate=7/second")
     assert changed.returncode == 0, changed.stdout[-3000:]
     assert "7/second" in lab["router"].check("nft list chain inet nattrail input")
     after = accounting(lab)["10.77.0.0/24"]
@@ -281,7 +281,7 @@ def test_bad_inventory_fails_the_play_before_the_router_changes(lab):
         "sha256sum /etc/nftables.conf /etc/nftables.conf.candidate; nft list table inet nattrail | sha256sum"
     )
     before = lab["router"].check(state)
-    bad = converge("-e", '{"nat_router_dnat": [{"port": 70000, "target": "10.99.0.1"}]}')
+    bad = converge("--limit", "router", "-e", '{"nat_router_dnat": [{"port": 70000, "target": "10.99.0.1"}]}')
     assert bad.returncode != 0
     message = " ".join(bad.stdout.split())
     assert "nat_router: host router: variable nat_router_dnat, entry 0" in message, bad.stdout[-2000:]
@@ -295,7 +295,7 @@ def test_bad_masq_logger_setting_fails_before_the_router_changes(lab):
         "systemctl show -p MainPID --value nattrail-masqlog"
     )
     before = lab["router"].check(state)
-    bad = converge("-e", '{"masq_logger_protocols": ["tcp", "sctp"]}')
+    bad = converge("--limit", "router", "-e", '{"masq_logger_protocols": ["tcp", "sctp"]}')
     assert bad.returncode != 0
     message = " ".join(bad.stdout.split())
     assert "masq_logger_protocols" in message and "sctp" in message, bad.stdout[-2000:]
