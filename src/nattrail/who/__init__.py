@@ -19,7 +19,5 @@ One job per module, each importing from the others by name (import from them, no
 
 from __future__ import annotations
 
-# What `nattrail.cli` (register) and `python -m nattrail.who` (main) reach through the package.
-from nattrail.who.command import main, register
-
-__all__ = ["main", "register"]
+# What `nattrail.cli` reaches through the package; `python -m nattrail.who` runs command.main itself.
+from nattrail.who.command import register as register
